@@ -1,0 +1,43 @@
+"""Alembic environment: runs on the connection handed over by ``storage.db.upgrade``."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine
+from sqlmodel import SQLModel
+
+from storage import models  # noqa: F401  (registers the tables on the metadata)
+from storage.db import normalize_url
+from storage.models import UTCDateTime
+
+config = context.config
+target_metadata = SQLModel.metadata
+
+
+def _render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+    # Migrations must not import the models: render our decorated types as plain SQLAlchemy ones.
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
+def _run(connection: object) -> None:
+    context.configure(
+        connection=connection,  # type: ignore[arg-type]
+        target_metadata=target_metadata,
+        compare_type=True,
+        render_as_batch=True,  # SQLite alters tables by copying them
+        render_item=_render_item,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = config.attributes.get("connection")
+if connection is not None:
+    _run(connection)
+else:  # the alembic command line: `alembic -x url=... revision --autogenerate`
+    url = normalize_url(context.get_x_argument(as_dictionary=True)["url"])
+    with create_engine(url).connect() as conn:
+        _run(conn)
+        conn.commit()

@@ -1,0 +1,211 @@
+"""Query functions over the tables (keyword-only, one session each, no commits of their own)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, update
+from sqlmodel import Session, col, select
+
+from storage.models import (
+    ChannelIdentity,
+    Customer,
+    DeliveryStatus,
+    DialogState,
+    Direction,
+    Message,
+    Preference,
+    Suppression,
+    utcnow,
+)
+
+
+def address_hash(channel: str, address: str) -> str:
+    """A stable, non-reversible key for an address kept after erasure."""
+    return hashlib.sha256(f"{channel}:{address}".encode()).hexdigest()
+
+
+def find_inbound(session: Session, *, channel: str, provider_id: str) -> Message | None:
+    """The inbound message already recorded with this provider id, if any."""
+    return session.exec(
+        select(Message).where(
+            Message.channel == channel,
+            Message.direction == Direction.IN,
+            Message.provider_message_id == provider_id,
+        )
+    ).first()
+
+
+def replies_to(session: Session, *, message_id: int) -> Sequence[Message]:
+    """The replies recorded for an inbound message, in order."""
+    return session.exec(
+        select(Message).where(Message.reply_to_id == message_id).order_by(col(Message.id))
+    ).all()
+
+
+def find_identity(session: Session, *, channel: str, address: str) -> ChannelIdentity | None:
+    """The customer identity for an address on a channel."""
+    return session.exec(
+        select(ChannelIdentity).where(ChannelIdentity.channel == channel, ChannelIdentity.address == address)
+    ).first()
+
+
+def find_customer_by_phone(session: Session, *, phone: str) -> Customer | None:
+    """The (not erased) customer with this E.164 phone number."""
+    return session.exec(select(Customer).where(Customer.phone == phone)).first()
+
+
+def create_customer(
+    session: Session,
+    *,
+    channel: str,
+    address: str,
+    phone: str | None = None,
+    name: str | None = None,
+    verified: bool = False,
+) -> Customer:
+    """A new customer reachable at ``address``, with an empty dialog state."""
+    customer = Customer(phone=phone, name=name)
+    session.add(customer)
+    session.flush()
+    assert customer.id is not None
+    session.add(ChannelIdentity(channel=channel, address=address, customer_id=customer.id, verified=verified))
+    session.add(DialogState(customer_id=customer.id))
+    session.flush()
+    return customer
+
+
+def link_identity(
+    session: Session, *, customer_id: int, channel: str, address: str, verified: bool
+) -> ChannelIdentity:
+    """Attach a channel address to an existing customer."""
+    identity = ChannelIdentity(channel=channel, address=address, customer_id=customer_id, verified=verified)
+    session.add(identity)
+    if session.get(DialogState, customer_id) is None:
+        session.add(DialogState(customer_id=customer_id))
+    session.flush()
+    return identity
+
+
+def lock_state(session: Session, *, customer_id: int) -> DialogState:
+    """The customer's dialog state, locked until the transaction ends.
+
+    On PostgreSQL this is ``SELECT ... FOR UPDATE``; on SQLite every transaction already holds
+    the database's write lock (``BEGIN IMMEDIATE``), so turns never interleave there either.
+    """
+    state = session.exec(
+        select(DialogState).where(DialogState.customer_id == customer_id).with_for_update()
+    ).first()
+    if state is None:  # a customer created by an import has no state yet
+        state = DialogState(customer_id=customer_id)
+        session.add(state)
+        session.flush()
+    return state
+
+
+def preferences(session: Session, *, customer_id: int) -> dict[str, Preference]:
+    """The customer's current preferences by key."""
+    rows = session.exec(select(Preference).where(Preference.customer_id == customer_id)).all()
+    return {p.key: p for p in rows}
+
+
+def mark_sent(session: Session, *, message_ids: Iterable[int], at: datetime | None = None) -> None:
+    """Record that outbound messages were handed to their channel."""
+    ids = list(message_ids)
+    if ids:
+        session.execute(
+            update(Message)
+            .where(col(Message.id).in_(ids))
+            .values(status=DeliveryStatus.SENT, sent_at=at or utcnow())
+        )
+
+
+def erase_customer(session: Session, *, customer: Customer, keep_message_id: int, now: datetime) -> None:
+    """Erase what Rapport knows about a customer: preferences, messages, identities, personal data.
+
+    Kept: an anonymous customer row (for the audit trail), the message that asked for the erasure
+    with its text scrubbed (so a redelivery of it stays a duplicate), and a suppression record
+    per address so that nobody messages an erased number unprompted.
+    """
+    assert customer.id is not None
+    identities = session.exec(select(ChannelIdentity).where(ChannelIdentity.customer_id == customer.id)).all()
+    addresses = {(i.channel, i.address) for i in identities}
+    if customer.phone:
+        addresses.add(("sms", customer.phone))
+    for channel, address in addresses:
+        digest = address_hash(channel, address)
+        exists = session.exec(
+            select(Suppression).where(Suppression.channel == channel, Suppression.address_hash == digest)
+        ).first()
+        if exists is None:
+            session.add(Suppression(channel=channel, address_hash=digest, reason="erased", created_at=now))
+    session.execute(delete(Preference).where(col(Preference.customer_id) == customer.id))
+    session.execute(
+        delete(Message).where(col(Message.customer_id) == customer.id, col(Message.id) != keep_message_id)
+    )
+    session.execute(
+        update(Message)
+        .where(col(Message.id) == keep_message_id)
+        .values(text="[erased]", parsed_value=None, question_key=None, confidence=None)
+    )
+    session.execute(delete(ChannelIdentity).where(col(ChannelIdentity.customer_id) == customer.id))
+    customer.name = customer.phone = customer.email = customer.external_id = customer.timezone = None
+    customer.marketing_consent = False
+    customer.erased_at = now
+    session.add(customer)
+
+
+def is_suppressed(session: Session, *, channel: str, address: str) -> bool:
+    """Whether ``address`` belongs to an erased customer and must not be messaged unprompted."""
+    digest = address_hash(channel, address)
+    return (
+        session.exec(
+            select(Suppression.id).where(Suppression.channel == channel, Suppression.address_hash == digest)
+        ).first()
+        is not None
+    )
+
+
+def transcript(session: Session, *, customer_id: int) -> Sequence[Message]:
+    """Every message of a customer's conversation, oldest first."""
+    return session.exec(
+        select(Message).where(Message.customer_id == customer_id).order_by(col(Message.id))
+    ).all()
+
+
+def upsert_customer(session: Session, *, external_id: str, **fields: object) -> tuple[Customer, bool]:
+    """Create or update the customer with ``external_id``; True when it was created."""
+    customer = session.exec(select(Customer).where(Customer.external_id == external_id)).first()
+    created = customer is None
+    if customer is None:
+        customer = Customer(external_id=external_id)
+    for name, value in fields.items():
+        setattr(customer, name, value)
+    session.add(customer)
+    session.flush()
+    return customer, created
+
+
+def set_preference(
+    session: Session,
+    *,
+    customer_id: int,
+    key: str,
+    value: object,
+    source: str,
+    at: datetime,
+    message_id: int | None = None,
+    channel: str | None = None,
+) -> Preference:
+    """Store (or replace) one preference with its provenance."""
+    pref = session.exec(
+        select(Preference).where(Preference.customer_id == customer_id, Preference.key == key)
+    ).first()
+    if pref is None:
+        pref = Preference(customer_id=customer_id, key=key, value=value, source=source)
+    pref.value, pref.source, pref.message_id, pref.channel = value, source, message_id, channel
+    pref.stated_at = pref.confirmed_at = at
+    session.add(pref)
+    return pref
