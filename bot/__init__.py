@@ -1,0 +1,1 @@
+"""Rapport's edges: channels, web app, CLI and settings."""

@@ -1,0 +1,148 @@
+"""The ``rapport`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from bot.runtime import Runtime, build_runtime
+from bot.settings import Settings, get_settings
+from dialogs.bank import BankError
+
+app = typer.Typer(help="Rapport: a conversational customer-preference assistant.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _settings() -> Settings:
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = ".".join(str(p) for p in error["loc"]).upper()
+            err.print(f"[red]Setting {name}:[/red] {error['msg']}")
+        err.print("Fix it in .env or the environment (see .env.example).")
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False)],
+    )
+    return settings
+
+
+def _runtime() -> Runtime:
+    settings = _settings()
+    try:
+        return build_runtime(settings)
+    except BankError as exc:
+        err.print(f"[red]Question bank error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def chat(
+    phone: Annotated[str, typer.Option(help="Talk as the customer with this phone number.")],
+) -> None:
+    """Talk to the bot in the terminal: each line you type is one message."""
+    from bot.channels.terminal import TerminalChat, normalize_phone
+
+    runtime = _runtime()
+    try:
+        number = normalize_phone(phone, runtime.settings.default_region)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--phone") from None
+    session = TerminalChat(runtime, number, console)
+    if not sys.stdin.isatty():
+        session.run(sys.stdin)
+        return
+    console.print(
+        f"[dim]Talking to {runtime.settings.bot_name} as {number}. Ctrl-D or Ctrl-C to leave.[/dim]"
+    )
+    while True:
+        try:
+            line = console.input("[bold green]you>[/bold green] ")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return
+        session.send(line)
+
+
+@app.command()
+def run(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the web app and start every configured channel and job."""
+    import uvicorn
+
+    from bot.components import components
+    from bot.web import create_app
+
+    runtime = _runtime()
+    table = Table(title="Rapport", show_header=True, header_style="bold")
+    table.add_column("part")
+    table.add_column("state")
+    table.add_column("")
+    for part in components(runtime.settings, host=host, port=port):
+        table.add_row(part.name, "[green]on[/green]" if part.on else "[yellow]off[/yellow]", part.detail)
+    console.print(table)
+    uvicorn.run(create_app(runtime), host=host, port=port, log_level=runtime.settings.log_level.lower())
+
+
+@app.command()
+def demo() -> None:
+    """Load demo customers into the configured database, then say what to try."""
+    from bot.demo import DEMO_PHONE, load_demo
+
+    runtime = _runtime()
+    summary = load_demo(runtime.db)
+    console.print(
+        f"Demo data loaded into {runtime.db.url.render_as_string(hide_password=True)}: "
+        f"{summary.customers_created} customers created, {summary.customers_updated} updated, "
+        f"{summary.preferences} preferences on file."
+    )
+    console.print("Try next:")
+    console.print(f"  rapport chat --phone {DEMO_PHONE}     talk to the bot as Alex (blank profile)")
+    console.print("  rapport chat --phone +14155550105     a customer whose budget is a year old")
+    console.print("  rapport run                           serve the web app on http://127.0.0.1:8000")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations up to the newest schema."""
+    from storage.db import current_revision, head_revision, make_engine, upgrade
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    before = current_revision(engine)
+    upgrade(engine)
+    console.print(f"Database at {head_revision()} (was {before or 'empty'}).")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the database backend and schema revision."""
+    from storage.db import database_status, make_engine
+
+    settings = _settings()
+    status = database_status(make_engine(settings.database_url))
+    for key, value in status.items():
+        console.print(f"{key}: {value}")
+    if not status["ok"]:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point of the ``rapport`` script."""
+    app()

@@ -1,0 +1,29 @@
+"""Wiring: settings -> database, question bank and dialog engine, built once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from bot.settings import Settings
+from dialogs.bank import QuestionBank
+from dialogs.engine import DialogEngine
+from storage.db import open_database
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything a command or channel needs to talk to customers."""
+
+    settings: Settings
+    db: Engine
+    bank: QuestionBank
+    dialog: DialogEngine
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Open (and migrate) the database, load the question bank, make the engine."""
+    bank = QuestionBank.load(settings.question_bank)
+    db = open_database(settings.database_url)
+    return Runtime(settings, db, bank, DialogEngine(db, bank, settings.engine_config()))

@@ -1,0 +1,73 @@
+"""Settings from the environment and ``.env`` (every one is listed in ``.env.example``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+
+import phonenumbers
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dialogs.engine import EngineConfig
+
+_PLACEHOLDERS = {"changeme", "change-me", "secret", "your-token-here", "xxx", "todo"}
+
+
+class Settings(BaseSettings):
+    """Rapport's configuration. Names are the upper-case environment variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = "sqlite:///rapport.db"
+    question_bank: Path | None = None
+    company_name: str = "Rapport Mobile"
+    bot_name: str = "Rapport"
+    default_region: str = "US"
+    confidence_threshold: float = Field(default=0.75, gt=0, le=1)
+    resume_after_hours: float = Field(default=24, gt=0)
+    skip_retry_hours: float = Field(default=24, ge=0)
+    log_level: str = "INFO"
+
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_base_url: str = "https://api.telegram.org"
+    telegram_webhook_secret: SecretStr | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from_number: str | None = None
+    twilio_api_base_url: str | None = None
+    public_base_url: str | None = None
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        v = v.upper()
+        if v not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{v!r} is not a region phonenumbers knows (e.g. US, GB, DE)")
+        return v
+
+    @field_validator("telegram_bot_token", "telegram_webhook_secret", "twilio_auth_token")
+    @classmethod
+    def _no_placeholder(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value().strip().lower() in _PLACEHOLDERS:
+            raise ValueError("is still a placeholder: set the real secret in .env, or leave it unset")
+        if v is not None and not v.get_secret_value().strip():
+            return None
+        return v
+
+    def engine_config(self) -> EngineConfig:
+        """The dialog engine's tunables."""
+        return EngineConfig(
+            bot_name=self.bot_name,
+            company_name=self.company_name,
+            confidence_threshold=self.confidence_threshold,
+            resume_after=timedelta(hours=self.resume_after_hours),
+            skip_for=timedelta(hours=self.skip_retry_hours),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()
