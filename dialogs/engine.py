@@ -13,28 +13,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlmodel import Session
 
 from dialogs import texts
 from dialogs.bank import Kind, Question, QuestionBank
 from dialogs.commands import Command, CommandKind, detect_command
 from dialogs.parsing import Parse, find_question, mentions, normalize, parse_answer, parse_yes_no
 from dialogs.policy import Next, next_step
-from storage import queries
-from storage.db import transaction
-from storage.models import (
-    Customer,
-    DeliveryStatus,
-    DialogState,
-    Direction,
-    Message,
-    PendingKind,
-    Preference,
-    Source,
-    utcnow,
-)
+from storage import turns as store
+from storage.models import DeliveryStatus, Direction, PendingKind, Source, utcnow
+from storage.turns import Fact, TurnState
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +130,10 @@ class DialogEngine:
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                with transaction(self.db) as session:
-                    return _Turn(self, session, inbound).run()
+                with self.db.begin() as conn:
+                    # Redeliveries are rare: the first attempt lets the unique provider-id index
+                    # catch them (IntegrityError), the retry looks the stored replies up.
+                    return _Turn(self, conn, inbound, check_duplicate=attempt > 1).run()
             except (IntegrityError, DBAPIError) as exc:
                 # A race with a concurrent turn (the same new customer created twice, the same
                 # provider id stored twice, a deadlock): run the turn again on the new state.
@@ -151,6 +142,13 @@ class DialogEngine:
                     raise
                 log.info("retrying a turn after %s (attempt %d)", type(exc.orig).__name__, attempt)
         raise AssertionError("unreachable")
+
+    def reply_from_row(
+        self, message_id: int, text: str, intent: str | None, question_key: str | None
+    ) -> Reply:
+        """A stored outbound message as a :class:`Reply` (with its buttons)."""
+        intent = intent or ""
+        return Reply(message_id, text, intent, question_key, self.reply_options(intent, question_key))
 
     def reply_options(self, intent: str, question_key: str | None) -> tuple[ReplyOption, ...]:
         """The buttons a reply offers: the question's options, or yes/no for confirmations."""
@@ -173,20 +171,36 @@ def _is_transient(exc: DBAPIError) -> bool:
 
 
 @dataclass(slots=True)
+class _Understood:
+    """What the bot made of the inbound message (stored on its row)."""
+
+    intent: str | None = None
+    question_key: str | None = None
+    parsed_value: Any = None
+    confidence: float | None = None
+    needs_review: bool = False
+
+
+@dataclass(slots=True)
 class _Turn:
+    """One inbound message: load the locked state, decide in memory, then write every row."""
+
     engine: DialogEngine
-    session: Session
+    conn: Connection
     inbound: Inbound
+    check_duplicate: bool
     outs: list[_Out] = field(default_factory=list)
     asked: bool = False
+    understood: _Understood = field(default_factory=_Understood)
+    changed: dict[str, bool] = field(default_factory=dict)  # fact key -> learned from this message
+    opt_change: bool = False
+    erase: bool = False
 
     # Set up in run():
     now: datetime = field(init=False)
-    customer: Customer = field(init=False)
-    state: DialogState = field(init=False)
-    message: Message = field(init=False)
-    prefs: dict[str, Preference] = field(init=False)
     text: str = field(init=False)
+    state: TurnState = field(init=False)
+    prefs: dict[str, Fact] = field(init=False)
 
     @property
     def bank(self) -> QuestionBank:
@@ -202,95 +216,110 @@ class _Turn:
         inbound = self.inbound
         self.now = inbound.received_at or self.engine.clock()
         self.text = storable_text(inbound.text)
-        if inbound.provider_id is not None:
-            done = self._duplicate()
-            if done is not None:
-                return done
-        self.customer, created = self._find_or_create_customer()
-        assert self.customer.id is not None
-        self.state = queries.lock_state(self.session, customer_id=self.customer.id)
-        if inbound.provider_id is not None:
-            # Re-check under the lock: the same message may have been processed while we waited.
-            done = self._duplicate()
-            if done is not None:
-                return done
-        first_contact = created or self.state.version == 0
-        idle = self.state.last_activity is not None and self.now - self.state.last_activity
-        self.message = Message(
-            customer_id=self.customer.id,
-            channel=inbound.channel,
-            direction=Direction.IN,
-            address=inbound.address,
-            provider_message_id=inbound.provider_id,
-            text=self.text,
-            state_version=self.state.version,
-            created_at=self.now,
-        )
-        self.session.add(self.message)
-        self.session.flush()
-        self.prefs = queries.preferences(self.session, customer_id=self.customer.id)
-
-        self._dispatch(first_contact=first_contact, idle=idle or None)
-
-        replies = self._write_replies()
-        self.state.version += 1
-        self.state.last_activity = self.now
-        self.session.add(self.state)
-        self.session.add(self.message)
-        assert self.message.id is not None
-        return TurnResult(self.customer.id, self.message.id, replies)
-
-    def _duplicate(self) -> TurnResult | None:
-        assert self.inbound.provider_id is not None
-        seen = queries.find_inbound(
-            self.session, channel=self.inbound.channel, provider_id=self.inbound.provider_id
-        )
-        if seen is None:
-            return None
-        assert seen.id is not None and seen.customer_id is not None
-        replies = tuple(self._reply(m) for m in queries.replies_to(self.session, message_id=seen.id))
-        return TurnResult(seen.customer_id, seen.id, replies, duplicate=True)
-
-    def _find_or_create_customer(self) -> tuple[Customer, bool]:
-        inbound, session = self.inbound, self.session
-        identity = queries.find_identity(session, channel=inbound.channel, address=inbound.address)
-        if identity is not None:
-            customer = session.get(Customer, identity.customer_id)
-            assert customer is not None
-            return customer, False
-        if inbound.phone:
-            known = queries.find_customer_by_phone(session, phone=inbound.phone)
-            if known is not None and known.id is not None:
-                queries.link_identity(
-                    session,
-                    customer_id=known.id,
-                    channel=inbound.channel,
-                    address=inbound.address,
-                    verified=True,
-                )
-                return known, False
-        customer = queries.create_customer(
-            session,
+        if inbound.provider_id is not None and self.check_duplicate:
+            seen = store.find_inbound(self.conn, channel=inbound.channel, provider_id=inbound.provider_id)
+            if seen is not None:
+                rows = store.replies_to(self.conn, message_id=seen[0])
+                replies = tuple(self.engine.reply_from_row(*row) for row in rows)
+                return TurnResult(seen[1], seen[0], replies, duplicate=True)
+        self.state = store.lock_or_create_turn(
+            self.conn,
             channel=inbound.channel,
             address=inbound.address,
             phone=inbound.phone,
             name=inbound.name,
-            verified=inbound.phone is not None,
+            now=self.now,
         )
-        return customer, True
+        version = self.state.version
+        first_contact = self.state.created or version == 0
+        idle = self.now - self.state.last_activity if self.state.last_activity is not None else None
+        self.prefs = self.state.facts
+        existing = set(self.prefs)
+
+        self._dispatch(first_contact=first_contact, idle=idle)
+
+        return self._write(version=version, existing=existing)
+
+    def _write(self, *, version: int, existing: set[str]) -> TurnResult:
+        inbound, state, understood = self.inbound, self.state, self.understood
+        inbound_id = store.insert_message(
+            self.conn,
+            {
+                "customer_id": state.customer_id,
+                "channel": inbound.channel,
+                "direction": Direction.IN,
+                "address": inbound.address,
+                "provider_message_id": inbound.provider_id,
+                "text": self.text,
+                "state_version": version,
+                "created_at": self.now,
+                "intent": understood.intent,
+                "question_key": understood.question_key,
+                "parsed_value": understood.parsed_value,
+                "confidence": understood.confidence,
+                "needs_review": understood.needs_review,
+            },
+        )
+        if self.erase:
+            store.erase(self.conn, customer_id=state.customer_id, keep_message_id=inbound_id, now=self.now)
+        else:
+            for key, from_this_message in self.changed.items():
+                if from_this_message:
+                    self.prefs[key].message_id = inbound_id
+            store.save_facts(
+                self.conn,
+                customer_id=state.customer_id,
+                facts=[self.prefs[key] for key in self.changed],
+                existing=existing,
+            )
+        if self.opt_change:
+            opted_out = state.opted_out_at is not None
+            store.set_opt_out(
+                self.conn,
+                customer_id=state.customer_id,
+                at=state.opted_out_at,
+                message_id=inbound_id if opted_out else None,
+            )
+        ids = store.insert_messages(
+            self.conn,
+            [
+                {
+                    "customer_id": state.customer_id,
+                    "channel": inbound.channel,
+                    "direction": Direction.OUT,
+                    "address": inbound.address,
+                    "text": out.text,
+                    "question_key": out.question_key,
+                    "intent": out.intent,
+                    "reply_to_id": inbound_id,
+                    "status": DeliveryStatus.QUEUED,
+                    "created_at": self.now,
+                    "needs_review": False,
+                }
+                for out in self.outs
+            ],
+        )
+        state.version = version + 1
+        state.last_activity = self.now
+        store.save_state(self.conn, state, expected_version=version)
+        replies = tuple(
+            self.engine.reply_from_row(i, out.text, out.intent, out.question_key)
+            for i, out in zip(ids, self.outs, strict=True)
+        )
+        return TurnResult(state.customer_id, inbound_id, replies)
 
     def _dispatch(self, *, first_contact: bool, idle: timedelta | None) -> None:
         text = normalize(self.text)
         command = detect_command(self.text) if text else None
 
-        if self.customer.opted_out_at is not None:
+        if self.state.opted_out_at is not None:
             self._while_opted_out(command)
             return
         if first_contact:
-            self.say(texts.greeting(self.cfg, self.customer.name), "greeting")
+            self.say(texts.greeting(self.cfg, self.state.name), "greeting")
         elif idle is not None and idle >= self.cfg.resume_after:
             pending = self.bank.get(self.state.pending_key)
-            self.say(texts.welcome_back(self.customer.name, pending), "welcome_back")
+            self.say(texts.welcome_back(self.state.name, pending), "welcome_back")
 
         if self.inbound.choice is not None and self._button(self.inbound.choice):
             return
@@ -316,34 +345,14 @@ class _Turn:
         self.outs.append(_Out(text, intent, question_key))
 
     def intent(self, intent: str, *, review: bool = False) -> None:
-        self.message.intent = intent
+        self.understood.intent = intent
         if review:
-            self.message.needs_review = True
+            self.understood.needs_review = True
 
-    def _write_replies(self) -> tuple[Reply, ...]:
-        rows = [
-            Message(
-                customer_id=self.customer.id,
-                channel=self.inbound.channel,
-                direction=Direction.OUT,
-                address=self.inbound.address,
-                text=out.text,
-                question_key=out.question_key,
-                intent=out.intent,
-                reply_to_id=self.message.id,
-                status=DeliveryStatus.QUEUED,
-                created_at=self.now,
-            )
-            for out in self.outs
-        ]
-        self.session.add_all(rows)
-        self.session.flush()
-        return tuple(self._reply(m) for m in rows)
-
-    def _reply(self, m: Message) -> Reply:
-        assert m.id is not None
-        intent = m.intent or ""
-        return Reply(m.id, m.text, intent, m.question_key, self.engine.reply_options(intent, m.question_key))
+    def understood_as(self, question: Question, value: Any, confidence: float | None) -> None:
+        self.understood.question_key = question.key
+        self.understood.parsed_value = value
+        self.understood.confidence = round(confidence, 3) if confidence is not None else None
 
     # -- asking -----------------------------------------------------------------------------
 
@@ -384,22 +393,18 @@ class _Turn:
     # -- remembering ------------------------------------------------------------------------
 
     def remember(self, question: Question, parse: Parse, *, intent: str) -> None:
-        assert self.customer.id is not None
-        pref = self.prefs.get(question.key)
-        if pref is None:
-            pref = Preference(customer_id=self.customer.id, key=question.key, value=parse.value, source="")
-            self.prefs[question.key] = pref
-        pref.value = parse.value
-        pref.source = Source.ASKED
-        pref.message_id = self.message.id
-        pref.channel = self.inbound.channel
-        pref.stated_at = pref.confirmed_at = self.now
-        self.session.add(pref)
-        self.state.deferred.pop(question.key, None)
-        self.state.deferred = dict(self.state.deferred)  # a new dict, so the JSON column is saved
-        self.message.question_key = question.key
-        self.message.parsed_value = parse.value
-        self.message.confidence = round(parse.confidence, 3)
+        self.prefs[question.key] = Fact(
+            key=question.key,
+            value=parse.value,
+            source=Source.ASKED,
+            stated_at=self.now,
+            confirmed_at=self.now,
+            channel=self.inbound.channel,
+        )
+        self.changed[question.key] = True
+        if question.key in self.state.deferred:
+            self.state.deferred = {k: v for k, v in self.state.deferred.items() if k != question.key}
+        self.understood_as(question, parse.value, parse.confidence)
         self.intent(intent)
         if self.state.pending_key == question.key:
             self.state.pending_key = self.state.pending_kind = None
@@ -431,9 +436,8 @@ class _Turn:
     def _while_opted_out(self, command: Command | None) -> None:
         kind = command.kind if command else None
         if kind is CommandKind.START:
-            self.customer.opted_out_at = None
-            self.customer.opt_out_message_id = None
-            self.session.add(self.customer)
+            self.state.opted_out_at = None
+            self.opt_change = True
             self.intent("keyword:start")
             self.say(texts.OPTED_IN, "opt_in")
             self.ask_next()
@@ -445,9 +449,8 @@ class _Turn:
             self.intent("opted_out")
 
     def _opt_out(self) -> None:
-        self.customer.opted_out_at = self.now
-        self.customer.opt_out_message_id = self.message.id
-        self.session.add(self.customer)
+        self.state.opted_out_at = self.now
+        self.opt_change = True
         self.say(texts.OPTED_OUT, "opt_out")
 
     def _confirmation(self, text: str) -> bool:
@@ -474,13 +477,10 @@ class _Turn:
         return True
 
     def _erase(self) -> None:
-        assert self.message.id is not None
         self.intent("command:forget")
-        self.session.flush()
-        queries.erase_customer(
-            self.session, customer=self.customer, keep_message_id=self.message.id, now=self.now
-        )
+        self.erase = True
         self.prefs.clear()
+        self.changed.clear()
         self.state.pending_key = self.state.pending_kind = None
         self.state.deferred = {}
         self.state.reask_count = 0
@@ -526,7 +526,7 @@ class _Turn:
             self.ask_next()
         elif kind is CommandKind.GREETING:
             if not first_contact:
-                self.say(texts.hello_again(self.customer.name), "greeting")
+                self.say(texts.hello_again(self.state.name), "greeting")
             self.ask_next()
 
     def _defer(self, question: Question) -> None:
@@ -547,7 +547,7 @@ class _Turn:
         parse = parse_answer(question, command.value or "")
         if not self.accept(parse):
             self.intent("command:change", review=True)
-            self.message.question_key = question.key
+            self.understood.question_key = question.key
             self.say(texts.not_understood_change(question, command.value or ""), "fallback")
             self._ask(Next(question, PendingKind.ASK), again=True)
             self.asked = True
@@ -565,11 +565,9 @@ class _Turn:
             if yes_no.value:
                 pref = self.prefs[question.key]
                 pref.confirmed_at = self.now
-                self.session.add(pref)
+                self.changed.setdefault(question.key, False)
                 self.state.pending_key = self.state.pending_kind = None
-                self.message.question_key = question.key
-                self.message.parsed_value = pref.value
-                self.message.confidence = round(yes_no.confidence, 3)
+                self.understood_as(question, pref.value, yes_no.confidence)
                 self.intent("reconfirmed")
                 self.ask_next(prefix=texts.THANKS + " ")
             else:
@@ -617,10 +615,9 @@ class _Turn:
             self.ask_next()
             return
         # The pending question was not understood.
-        self.message.question_key = pending.key
+        self.understood.question_key = pending.key
         if best is not None:
-            self.message.parsed_value = best.value
-            self.message.confidence = round(best.confidence, 3)
+            self.understood_as(pending, best.value, best.confidence)
         self.intent("unparsed", review=True)
         self.state.reask_count += 1
         if self.state.reask_count >= self.cfg.max_failed_tries:

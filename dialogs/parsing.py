@@ -10,16 +10,32 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA
 
 from dialogs.bank import Kind, Option, Question, QuestionBank
+
+_T = TypeVar("_T")
+
+
+def _per_question(build: Callable[[Question], _T]) -> Callable[[Question], _T]:
+    """Cache ``build`` per question object (hashing a frozen pydantic model costs more than the work)."""
+    cache: dict[int, tuple[Question, _T]] = {}
+
+    def cached(question: Question) -> _T:
+        hit = cache.get(id(question))
+        if hit is None or hit[0] is not question:
+            hit = cache[id(question)] = (question, build(question))
+        return hit[1]
+
+    return cached
+
 
 MAX_CHARS = 500  # only the start of a message is parsed, so a huge message stays cheap
 FREE_TEXT_MAX = 500
@@ -82,8 +98,18 @@ def _tokens(norm: str) -> list[_Token]:
     ]
 
 
+_REPEAT = re.compile(r"(.)\1+")
+
+
 def _squeeze(word: str) -> str:
-    return re.sub(r"(.)\1+", r"\1", word)
+    return _REPEAT.sub(r"\1", word)
+
+
+@lru_cache(maxsize=64)
+def _analyse(text: str) -> tuple[str, tuple[_Token, ...]]:
+    """The normalized start of ``text`` and its tokens (cached: one message is parsed many ways)."""
+    norm = normalize(text[:MAX_CHARS])
+    return norm, tuple(_tokens(norm))
 
 
 def _span(norm: str, tokens: Sequence[_Token], start: int, end: int) -> str:
@@ -98,6 +124,8 @@ class _Phrase:
     value: Any
     words: tuple[str, ...]
     text: str
+    squeezed: tuple[str, ...]
+    letters: int  # length without spaces
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +141,9 @@ def _phrases(pairs: Iterable[tuple[Any, str]]) -> tuple[_Phrase, ...]:
     for value, phrase in pairs:
         words = tuple(t.text for t in _tokens(normalize(phrase)))
         if words:
-            out.setdefault((value, words), _Phrase(value, words, " ".join(words)))
+            squeezed = tuple(_squeeze(w) for w in words)
+            text = " ".join(words)
+            out.setdefault((value, words), _Phrase(value, words, text, squeezed, len(text) - text.count(" ")))
     return tuple(out.values())
 
 
@@ -131,19 +161,21 @@ def _hits(tokens: Sequence[_Token], phrases: Sequence[_Phrase], *, tiny: int = 2
         starts.setdefault(word, []).append(i)
         if short != word:
             starts.setdefault(short, []).append(i)
+    first_letters = {w[0] for w in words if w}
     windows: dict[int, dict[str, list[tuple[int, str]]]] = {}
     hits: list[_Hit] = []
     for p in phrases:
         k = len(p.words)
         if len(p.text) <= tiny and n > 3:
             continue
-        target = tuple(_squeeze(w) for w in p.words)
-        for i in sorted({*starts.get(p.words[0], ()), *starts.get(target[0], ())}):
-            if tuple(words[i : i + k]) == p.words:
-                hits.append(_Hit(p.value, i, i + k, 1.0))
-            elif tuple(squeezed[i : i + k]) == target:
-                hits.append(_Hit(p.value, i, i + k, 0.95))
-        if len(p.text.replace(" ", "")) < 5:
+        target = p.squeezed
+        if p.words[0] in starts or target[0] in starts:
+            for i in sorted({*starts.get(p.words[0], ()), *starts.get(target[0], ())}):
+                if tuple(words[i : i + k]) == p.words:
+                    hits.append(_Hit(p.value, i, i + k, 1.0))
+                elif tuple(squeezed[i : i + k]) == target:
+                    hits.append(_Hit(p.value, i, i + k, 0.95))
+        if p.letters < 5 or p.text[0] not in first_letters:
             continue  # short words are too easily confused with other short words
         for size in range(max(1, k - 1), k + 2):
             if size not in windows:
@@ -187,7 +219,7 @@ def _decide(chosen: list[_Hit]) -> tuple[_Hit, float] | None:
     return best, min(best.score, 0.5) if ambiguous else best.score
 
 
-@lru_cache(maxsize=256)
+@_per_question
 def _option_phrases(question: Question) -> tuple[_Phrase, ...]:
     pairs: list[tuple[Any, str]] = []
     for index, option in enumerate(question.options):
@@ -223,10 +255,9 @@ def parse_answer(question: Question, text: str) -> Parse | None:
     """Understand ``text`` as an answer to ``question``; None when nothing in it could be one."""
     if question.kind is Kind.FREE_TEXT:
         return _free_text(text)
-    norm = normalize(text[:MAX_CHARS])
+    norm, tokens = _analyse(text)
     if not norm:
         return None
-    tokens = _tokens(norm)
     if question.kind is Kind.CHOICE:
         parse = _choice(question, norm, tokens)
     elif question.kind is Kind.TIME_WINDOW:
@@ -243,19 +274,31 @@ def parse_answer(question: Question, text: str) -> Parse | None:
 
 def parse_yes_no(text: str) -> Parse | None:
     """Understand ``text`` as yes (True) or no (False); None when it is neither."""
-    norm = normalize(text[:MAX_CHARS])
-    return _yes_no(norm, _tokens(norm)) if norm else None
+    norm, tokens = _analyse(text)
+    return _yes_no(norm, tokens) if norm else None
 
 
 def mentions(question: Question, text: str) -> bool:
     """Whether ``text`` names the topic of ``question`` (whole words, a typo allowed in long words)."""
-    words = [t.text for t in _tokens(normalize(text[:MAX_CHARS]))]
-    for topic in _topic_words(question):
-        k = len(topic)
-        for i in range(len(words) - k + 1):
-            if all(_same_word(w, t) for w, t in zip(words[i : i + k], topic, strict=True)):
+    words = [t.text for t in _analyse(text)[1]]
+    by_letter = _topics_by_letter(question)
+    for i, word in enumerate(words):
+        # Every match shares its first letter with the topic's first word (see _same_word).
+        for topic in by_letter.get(word[:1], ()):
+            k = len(topic)
+            if i + k <= len(words) and all(
+                _same_word(w, t) for w, t in zip(words[i : i + k], topic, strict=True)
+            ):
                 return True
     return False
+
+
+@_per_question
+def _topics_by_letter(question: Question) -> dict[str, list[tuple[str, ...]]]:
+    index: dict[str, list[tuple[str, ...]]] = {}
+    for topic in _topic_words(question):
+        index.setdefault(topic[0][:1], []).append(topic)
+    return index
 
 
 def find_question(bank: QuestionBank, topic: str) -> Question | None:
@@ -308,7 +351,7 @@ def format_value(question: Question, value: Any) -> str:
 # -- topics -----------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=256)
+@_per_question
 def _topic_words(question: Question) -> tuple[tuple[str, ...], ...]:
     return tuple(p.words for p in _phrases((None, t) for t in question.topics))
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from dialogs.bank import Question, QuestionBank
-from storage.models import DialogState, PendingKind, Preference
+from storage.models import PendingKind
+from storage.turns import Fact, TurnState
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,20 +19,20 @@ class Next:
     kind: PendingKind = PendingKind.ASK
 
 
-def is_stale(question: Question, pref: Preference, now: datetime) -> bool:
+def is_stale(question: Question, pref: Fact, now: datetime) -> bool:
     """Whether a stored answer is old enough to be re-confirmed."""
     if question.stale_after_days is None:
         return False
     return now - pref.confirmed_at >= timedelta(days=question.stale_after_days)
 
 
-def is_current(question: Question, prefs: Mapping[str, Preference], now: datetime) -> bool:
+def is_current(question: Question, prefs: Mapping[str, Fact], now: datetime) -> bool:
     """Whether the customer's answer to ``question`` is stored and not stale."""
     pref = prefs.get(question.key)
     return pref is not None and not is_stale(question, pref, now)
 
 
-def next_step(bank: QuestionBank, state: DialogState, prefs: Mapping[str, Preference], now: datetime) -> Next:
+def next_step(bank: QuestionBank, state: TurnState, prefs: Mapping[str, Fact], now: datetime) -> Next:
     """The pending question if it is still open; else the highest-priority unanswered question;
     else the first stale answer to re-confirm. Skipped questions wait until their time is up."""
     pending = bank.get(state.pending_key)

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from dialogs.bank import Question, QuestionBank
 from dialogs.parsing import format_value
-from storage.models import Preference, Source
+from storage.models import Source
+from storage.turns import Fact
 
 if TYPE_CHECKING:
     from dialogs.engine import EngineConfig
@@ -133,7 +134,7 @@ def not_understood_change(question: Question, value: str) -> str:
     return f"Sorry, I couldn't read '{value[:40]}' as your {question.name}."
 
 
-def profile(bank: QuestionBank, prefs: Mapping[str, Preference]) -> str:
+def profile(bank: QuestionBank, prefs: Mapping[str, Fact]) -> str:
     """Everything the bot knows about the customer, with where and when it learned it."""
     if not prefs:
         return "I don't know anything about you yet."

@@ -13,7 +13,8 @@ from dialogs.bank import Kind, Question, QuestionBank
 from dialogs.engine import DialogEngine, Inbound, TurnResult
 from dialogs.policy import is_current
 from storage.db import transaction
-from storage.queries import find_identity, preferences
+from storage.queries import find_identity
+from storage.turns import load_facts
 from tests.utils import START
 
 _numbers = itertools.count()
@@ -73,7 +74,7 @@ def _check(db: Engine, bank: QuestionBank, address: str, result: TurnResult, inb
     with transaction(db) as s:
         identity = find_identity(s, channel="sms", address=address)
         assert identity is not None
-        prefs = preferences(s, customer_id=identity.customer_id)
+        prefs = load_facts(s.connection(), customer_id=identity.customer_id)
     for reply in asked:
         question = bank.get(reply.question_key)
         if question is not None and reply.intent in ("ask", "reask"):
