@@ -13,8 +13,6 @@ from storage.models import (
     ChannelIdentity,
     Customer,
     DeliveryStatus,
-    DialogState,
-    Direction,
     Message,
     Preference,
     Suppression,
@@ -27,82 +25,11 @@ def address_hash(channel: str, address: str) -> str:
     return hashlib.sha256(f"{channel}:{address}".encode()).hexdigest()
 
 
-def find_inbound(session: Session, *, channel: str, provider_id: str) -> Message | None:
-    """The inbound message already recorded with this provider id, if any."""
-    return session.exec(
-        select(Message).where(
-            Message.channel == channel,
-            Message.direction == Direction.IN,
-            Message.provider_message_id == provider_id,
-        )
-    ).first()
-
-
-def replies_to(session: Session, *, message_id: int) -> Sequence[Message]:
-    """The replies recorded for an inbound message, in order."""
-    return session.exec(
-        select(Message).where(Message.reply_to_id == message_id).order_by(col(Message.id))
-    ).all()
-
-
 def find_identity(session: Session, *, channel: str, address: str) -> ChannelIdentity | None:
     """The customer identity for an address on a channel."""
     return session.exec(
         select(ChannelIdentity).where(ChannelIdentity.channel == channel, ChannelIdentity.address == address)
     ).first()
-
-
-def find_customer_by_phone(session: Session, *, phone: str) -> Customer | None:
-    """The (not erased) customer with this E.164 phone number."""
-    return session.exec(select(Customer).where(Customer.phone == phone)).first()
-
-
-def create_customer(
-    session: Session,
-    *,
-    channel: str,
-    address: str,
-    phone: str | None = None,
-    name: str | None = None,
-    verified: bool = False,
-) -> Customer:
-    """A new customer reachable at ``address``, with an empty dialog state."""
-    customer = Customer(phone=phone, name=name)
-    session.add(customer)
-    session.flush()
-    assert customer.id is not None
-    session.add(ChannelIdentity(channel=channel, address=address, customer_id=customer.id, verified=verified))
-    session.add(DialogState(customer_id=customer.id))
-    session.flush()
-    return customer
-
-
-def link_identity(
-    session: Session, *, customer_id: int, channel: str, address: str, verified: bool
-) -> ChannelIdentity:
-    """Attach a channel address to an existing customer."""
-    identity = ChannelIdentity(channel=channel, address=address, customer_id=customer_id, verified=verified)
-    session.add(identity)
-    if session.get(DialogState, customer_id) is None:
-        session.add(DialogState(customer_id=customer_id))
-    session.flush()
-    return identity
-
-
-def lock_state(session: Session, *, customer_id: int) -> DialogState:
-    """The customer's dialog state, locked until the transaction ends.
-
-    On PostgreSQL this is ``SELECT ... FOR UPDATE``; on SQLite every transaction already holds
-    the database's write lock (``BEGIN IMMEDIATE``), so turns never interleave there either.
-    """
-    state = session.exec(
-        select(DialogState).where(DialogState.customer_id == customer_id).with_for_update()
-    ).first()
-    if state is None:  # a customer created by an import has no state yet
-        state = DialogState(customer_id=customer_id)
-        session.add(state)
-        session.flush()
-    return state
 
 
 def preferences(session: Session, *, customer_id: int) -> dict[str, Preference]:

@@ -9,11 +9,21 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError, StatementError
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from storage.db import current_revision, ensure_schema, head_revision, make_engine, normalize_url, transaction
 from storage.models import ChannelIdentity, Customer, Preference
-from storage.queries import create_customer, set_preference
+from storage.queries import set_preference
+
+
+def create_customer(s: Session, *, channel: str, address: str, name: str | None = None) -> Customer:
+    customer = Customer(name=name)
+    s.add(customer)
+    s.flush()
+    assert customer.id is not None
+    s.add(ChannelIdentity(channel=channel, address=address, customer_id=customer.id))
+    s.flush()
+    return customer
 
 
 def test_schema_is_at_head_with_every_table(db: Engine) -> None:
