@@ -123,3 +123,52 @@ def test_run_serves_healthz_and_says_what_is_on(db_url: str, tmp_path: Path) -> 
         output, _ = proc.communicate(timeout=20)
     assert re.search(r"telegram\s+.*off.*TELEGRAM_BOT_TOKEN", output)
     assert re.search(r"web app\s+.*on", output)
+
+
+def test_chat_works_interactively_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+    import select
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/r.db",
+        "PYTHONPATH": str(ROOT),
+        "TERM": "dumb",
+    }
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "chat", "--phone", "+14155550143"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        cwd=tmp_path,
+        env=env,
+        close_fds=True,
+    )
+    os.close(terminal)
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float = 30) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(controller, 4096)
+                except OSError:
+                    break
+        assert marker in seen, seen.decode(errors="replace")[-500:]
+
+    try:
+        read_until(b"you>")
+        os.write(controller, b"hello\r")
+        read_until(b"How would you like us to reach you")
+        os.write(controller, b"email\r")
+        read_until(b"Got it: email.")
+        os.write(controller, b"\x04")  # Ctrl-D leaves
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(controller)
