@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Column, Field, SQLModel
 
@@ -77,6 +90,7 @@ class PendingKind(StrEnum):
     RECONFIRM = "reconfirm"  # yes/no: is the stale stored answer still right?
     CONFIRM_FORGET = "confirm_forget"  # yes/no: erase everything?
     CONFIRM_STOP = "confirm_stop"  # yes/no: opt out of all messages?
+    SUGGESTION = "suggestion"  # yes/no: switch to the suggested plan (pending_key "plan:<id>")?
 
 
 class Customer(SQLModel, table=True):
@@ -87,8 +101,13 @@ class Customer(SQLModel, table=True):
     name: str | None = Field(default=None, max_length=200)
     phone: str | None = Field(default=None, max_length=20, unique=True)  # E.164
     email: str | None = Field(default=None, max_length=320)
+    telegram_username: str | None = Field(default=None, max_length=64)
     timezone: str | None = Field(default=None, max_length=64)
     marketing_consent: bool = False
+    current_plan_id: str | None = Field(
+        default=None,
+        sa_column=Column(String(64), ForeignKey("plan.id", name="fk_customer_current_plan_id_plan")),
+    )
     opted_out_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     opt_out_message_id: int | None = None  # not a foreign key: the message may be erased later
     erased_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
@@ -196,3 +215,75 @@ class Suppression(SQLModel, table=True):
     address_hash: str = Field(max_length=64)
     reason: str = Field(max_length=32)
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class Plan(SQLModel, table=True):
+    """A plan in the catalog. Allowances and overage prices are per metric, by name.
+
+    ``allowance`` maps a metric to a monthly number or "unlimited"; ``overage`` maps a metric to
+    the price (a decimal string) per unit above the allowance. A metric with an allowance and no
+    overage price cannot go over on this plan.
+    """
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    currency: str = Field(max_length=3)
+    monthly_price: Decimal = Field(sa_column=Column(Numeric(12, 2), nullable=False))
+    contract_months: int = 0
+    available: bool = True
+    perks: list[str] = Field(default_factory=list, sa_type=JSON)
+    allowance: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    overage: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class Usage(SQLModel, table=True):
+    """What a customer used of one metric in one month.
+
+    ``period`` is the month as an integer yyyymm (202603 for 2026-03); ``quantity_milli`` is the
+    quantity in thousandths of the metric's unit, so sums and comparisons are exact integers.
+    """
+
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customer.id", ondelete="CASCADE"), primary_key=True)
+    )
+    period: int = Field(primary_key=True)
+    metric: str = Field(primary_key=True, max_length=32)
+    quantity_milli: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class SwitchRequest(SQLModel, table=True):
+    """A customer said YES to a plan suggestion."""
+
+    __tablename__ = "switch_request"
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customer.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    from_plan_id: str | None = Field(default=None, max_length=64)
+    to_plan_id: str = Field(max_length=64)
+    monthly_saving: Decimal = Field(sa_column=Column(Numeric(12, 2), nullable=False))
+    message_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="SET NULL"), nullable=True)
+    )
+    status: str = Field(default="requested", max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class PlanDecline(SQLModel, table=True):
+    """A customer said NO to a plan; with the usage it was offered on, to notice when that changes."""
+
+    __tablename__ = "plan_decline"
+    __table_args__ = (Index("ix_plan_decline_customer_plan", "customer_id", "plan_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customer.id", ondelete="CASCADE"), nullable=False)
+    )
+    plan_id: str = Field(max_length=64)
+    usage: dict[str, float] = Field(default_factory=dict, sa_type=JSON)  # metric -> monthly mean
+    message_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="SET NULL"), nullable=True)
+    )
+    declined_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
