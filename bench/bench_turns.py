@@ -44,6 +44,7 @@ SCRIPT = [
     "about 40 bucks",
     "price",
     "no contract",
+    "none",
     "nope",
     "just me",
     "5 gigs",

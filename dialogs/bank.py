@@ -88,6 +88,7 @@ class Question(_Strict):
     stale_after_days: int | None = Field(default=None, ge=1)
     confirm_text: str | None = None
     derive_from_usage: DeriveRule | None = None
+    fit: Literal["budget", "month_to_month", "perk"] | None = None
 
     @field_validator("key")
     @classmethod
@@ -116,6 +117,10 @@ class Question(_Strict):
                 raise ValueError("derive_from_usage works for yes_no and number questions only")
             if self.kind is Kind.YES_NO and self.derive_from_usage.above is None:
                 raise ValueError("derive_from_usage on a yes_no question needs 'above'")
+        if self.fit == "budget" and self.kind is not Kind.MONEY:
+            raise ValueError("fit = 'budget' needs a money question")
+        if self.fit == "perk" and self.kind is not Kind.CHOICE:
+            raise ValueError("fit = 'perk' needs a choice question (option values are perk names)")
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError("minimum is above maximum")
         return self
@@ -160,6 +165,10 @@ class QuestionBank:
     def get(self, key: str | None) -> Question | None:
         """The question with ``key``, or None."""
         return self._by_key.get(key) if key else None
+
+    def fit_roles(self) -> dict[str, str]:
+        """Preference key -> its role in the plan fit, for the questions that have one."""
+        return {q.key: q.fit for q in self._questions if q.fit is not None}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "<memory>") -> QuestionBank:

@@ -17,10 +17,11 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from dialogs import texts
+from dialogs.advisor import AdviceConfig, Advisor, explain, no_offer_reason
 from dialogs.bank import Kind, Question, QuestionBank
 from dialogs.commands import Command, CommandKind, detect_command
 from dialogs.parsing import Parse, find_question, mentions, normalize, parse_answer, parse_yes_no
-from dialogs.policy import Next, next_step
+from dialogs.policy import Next, next_step, open_questions
 from storage import turns as store
 from storage.models import DeliveryStatus, Direction, PendingKind, Source, utcnow
 from storage.turns import Fact, TurnState
@@ -88,6 +89,7 @@ class EngineConfig:
     max_failed_tries: int = 2
     resume_after: timedelta = timedelta(hours=24)
     skip_for: timedelta = timedelta(hours=24)
+    advice: AdviceConfig = field(default_factory=AdviceConfig)
 
 
 @dataclass(slots=True)
@@ -121,6 +123,7 @@ class DialogEngine:
         self.bank = bank
         self.config = config or EngineConfig()
         self.clock = clock
+        self.advisor = Advisor(bank, self.config.advice)
 
     def handle(self, inbound: Inbound) -> TurnResult:
         """Process one inbound message in one transaction and return the replies to send.
@@ -195,6 +198,8 @@ class _Turn:
     changed: dict[str, bool] = field(default_factory=dict)  # fact key -> learned from this message
     opt_change: bool = False
     erase: bool = False
+    # Writes that need the inbound message's id, run once it is stored.
+    after_insert: list[Callable[[int], None]] = field(default_factory=list)
 
     # Set up in run():
     now: datetime = field(init=False)
@@ -260,6 +265,8 @@ class _Turn:
                 "needs_review": understood.needs_review,
             },
         )
+        for write in self.after_insert:
+            write(inbound_id)
         if self.erase:
             store.erase(self.conn, customer_id=state.customer_id, keep_message_id=inbound_id, now=self.now)
         else:
@@ -332,6 +339,8 @@ class _Turn:
         confirming = self.state.pending_kind in (PendingKind.CONFIRM_FORGET, PendingKind.CONFIRM_STOP)
         if confirming and self._confirmation(self.text):
             return
+        if self.state.pending_kind == PendingKind.SUGGESTION and self._suggestion_answer(self.text):
+            return
         if command is not None:
             self._command(command, first_contact=first_contact)
             return
@@ -361,7 +370,7 @@ class _Turn:
         if self.asked:
             return
         self.asked = True
-        step = next_step(self.bank, self.state, self.prefs, self.now)
+        step = self._next_step()
         if step.question is None:
             self.state.pending_key = None
             self.state.pending_kind = None
@@ -372,6 +381,94 @@ class _Turn:
                 self.say(prefix.strip(), "ack")
             return
         self._ask(step, prefix=prefix)
+
+    def _next_step(self) -> Next:
+        """The policy's next step, after answering what usage can answer, with plan questions in
+        order of how likely their answer changes the suggested plan (value of information)."""
+        state = self.state
+        if not state.has_usage:
+            return next_step(self.bank, state, self.prefs, self.now)
+        open_now = open_questions(self.bank, state, self.prefs, self.now)
+        for question in open_now:
+            if question.derive_from_usage is None:
+                continue
+            value = self.engine.advisor.derive(self.conn, state.customer_id, question)
+            if value is not None:
+                self.prefs[question.key] = Fact(question.key, value, Source.USAGE, self.now, self.now)
+                self.changed[question.key] = False
+        open_now = [q for q in open_now if q.key not in self.prefs]
+        ranked = self.engine.advisor.question_order(
+            self.conn,
+            customer_id=state.customer_id,
+            current_plan=state.current_plan_id,
+            preferences=self._values(),
+            open_questions=open_now,
+        )
+        if ranked is None:
+            return next_step(self.bank, state, self.prefs, self.now)
+        order, useless = ranked
+        return next_step(self.bank, state, self.prefs, self.now, order=order, skip=useless)
+
+    def _values(self) -> dict[str, Any]:
+        return {key: fact.value for key, fact in self.prefs.items()}
+
+    # -- plans --------------------------------------------------------------------------------
+
+    def _advice(self) -> Any:
+        return self.engine.advisor.advise(
+            self.conn,
+            customer_id=self.state.customer_id,
+            current_plan=self.state.current_plan_id,
+            preferences=self._values(),
+            now=self.now,
+        )
+
+    def _suggest(self) -> None:
+        """ "Which plan fits me?": the fit with its numbers, and YES/NO when a switch pays."""
+        advice = self._advice()
+        if advice.offer:
+            self.state.pending_key = f"plan:{advice.fit.best_plan}"
+            self.state.pending_kind = PendingKind.SUGGESTION
+            self.asked = True
+            self.say(explain(advice), "suggestion")
+            return
+        self.say(no_offer_reason(advice), "fit")
+        self.ask_next()
+
+    def _suggestion_answer(self, text: str) -> bool:
+        """YES: a switch request; NO: the decline is remembered. False if it is neither."""
+        yes_no = parse_yes_no(text)
+        offered = (self.state.pending_key or "").removeprefix("plan:")
+        self.state.pending_key = self.state.pending_kind = None
+        if not self.accept(yes_no) or yes_no is None:
+            return False
+        advice = self._advice()
+        if advice.fit.best_plan != offered or not advice.fit.suggest:
+            self.intent("suggestion_stale")
+            self.say(texts.SUGGESTION_CHANGED, "fallback")
+            self._suggest()
+            return True
+        best, current = advice.best, advice.current
+        assert best is not None
+        customer_id, now, advisor = self.state.customer_id, self.now, self.engine.advisor
+        if yes_no.value:
+            self.intent("suggestion_yes")
+            self.after_insert.append(
+                lambda mid: advisor.record_switch(
+                    self.conn, advice, customer_id=customer_id, message_id=mid, now=now
+                )
+            )
+            self.ask_next(prefix=texts.switch_requested(best.name) + " ")
+        else:
+            self.intent("suggestion_no")
+            self.after_insert.append(
+                lambda mid: advisor.record_decline(
+                    self.conn, advice, customer_id=customer_id, message_id=mid, now=now
+                )
+            )
+            keep = current.name if current else "your plan"
+            self.ask_next(prefix=texts.suggestion_declined(keep, best.name) + " ")
+        return True
 
     def _ask(self, step: Next, *, prefix: str = "", again: bool = False) -> None:
         question = step.question
@@ -522,8 +619,7 @@ class _Turn:
         elif kind is CommandKind.CHANGE:
             self._change(command)
         elif kind is CommandKind.FIT:
-            self.say(texts.NO_FIT_YET, "fit")
-            self.ask_next()
+            self._suggest()
         elif kind is CommandKind.GREETING:
             if not first_contact:
                 self.say(texts.hello_again(self.state.name), "greeting")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,9 +32,26 @@ def is_current(question: Question, prefs: Mapping[str, Fact], now: datetime) -> 
     return pref is not None and not is_stale(question, pref, now)
 
 
-def next_step(bank: QuestionBank, state: TurnState, prefs: Mapping[str, Fact], now: datetime) -> Next:
-    """The pending question if it is still open; else the highest-priority unanswered question;
-    else the first stale answer to re-confirm. Skipped questions wait until their time is up."""
+def open_questions(
+    bank: QuestionBank, state: TurnState, prefs: Mapping[str, Fact], now: datetime
+) -> list[Question]:
+    """Unanswered questions that are not waiting after a skip, in bank order."""
+    waiting = {key for key, until in state.deferred.items() if datetime.fromisoformat(until) > now}
+    return [q for q in bank if q.key not in prefs and q.key not in waiting]
+
+
+def next_step(
+    bank: QuestionBank,
+    state: TurnState,
+    prefs: Mapping[str, Fact],
+    now: datetime,
+    *,
+    order: Sequence[Question] | None = None,
+    skip: Collection[str] = (),
+) -> Next:
+    """The pending question if it is still open; else the first unanswered question (in
+    ``order``, by default the bank's priority order, leaving out ``skip``); else the first stale
+    answer to re-confirm. Skipped questions wait until their time is up."""
     pending = bank.get(state.pending_key)
     if pending is not None:
         if state.pending_kind == PendingKind.RECONFIRM and pending.key in prefs:
@@ -42,8 +59,8 @@ def next_step(bank: QuestionBank, state: TurnState, prefs: Mapping[str, Fact], n
         if state.pending_kind == PendingKind.ASK and not is_current(pending, prefs, now):
             return Next(pending, PendingKind.ASK)
     waiting = {key for key, until in state.deferred.items() if datetime.fromisoformat(until) > now}
-    for question in bank:
-        if question.key not in prefs and question.key not in waiting:
+    for question in order if order is not None else bank:
+        if question.key not in prefs and question.key not in waiting and question.key not in skip:
             return Next(question, PendingKind.ASK)
     for question in bank:
         pref = prefs.get(question.key)

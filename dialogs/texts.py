@@ -37,7 +37,7 @@ ERASED = (
 OPTED_OUT = "You're unsubscribed and won't get any more messages from us. Reply START to opt back in."
 OPTED_IN = "Welcome back! You're subscribed to our messages again. Reply STOP at any time to opt out."
 ALREADY_IN = "You're already subscribed."
-NO_FIT_YET = "I can't see your usage yet, so I can't compare plans for you. I'll let you know when I can."
+SUGGESTION_CHANGED = "Your numbers have changed since I suggested that plan, so here is a fresh look."
 
 _SOURCES = {
     Source.ASKED: "you told me",
@@ -45,6 +45,16 @@ _SOURCES = {
     Source.OPERATOR: "noted by our team",
     Source.IMPORT: "from our records",
 }
+
+
+def switch_requested(plan: str) -> str:
+    """Confirm a YES to a suggested plan."""
+    return f"Done: I've asked our team to move you to {plan}. You'll get a confirmation once it's switched."
+
+
+def suggestion_declined(current: str, offered: str) -> str:
+    """Confirm a NO to a suggested plan."""
+    return f"OK, you'll stay on {current}. I won't suggest {offered} again unless your usage changes."
 
 
 def _hi(name: str | None) -> str:

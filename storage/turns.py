@@ -11,18 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
-from sqlmodel import Session, SQLModel
+from sqlalchemy import Connection, bindparam, exists, insert, select, update
+from sqlmodel import Session
 
 from storage import queries
 from storage.models import Customer, Direction
-
-_TABLES = SQLModel.metadata.tables
-CUSTOMER: Table = _TABLES["customer"]
-IDENTITY: Table = _TABLES["channel_identity"]
-MESSAGE: Table = _TABLES["message"]
-PREFERENCE: Table = _TABLES["preference"]
-STATE: Table = _TABLES["dialog_state"]
+from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, STATE, USAGE
 
 
 class StaleStateError(RuntimeError):
@@ -56,6 +50,8 @@ class TurnState:
     finished_at: datetime | None
     last_activity: datetime | None
     version: int
+    current_plan_id: str | None
+    has_usage: bool
     created: bool = False
     facts: dict[str, Fact] = field(default_factory=dict)
 
@@ -71,6 +67,8 @@ _STATE_COLUMNS = (
     STATE.c.finished_at,
     STATE.c.last_activity,
     STATE.c.version,
+    CUSTOMER.c.current_plan_id,
+    exists().where(USAGE.c.customer_id == CUSTOMER.c.id).label("has_usage"),
 )
 
 

@@ -79,6 +79,7 @@ def test_stale_answer_is_reconfirmed_not_reasked(dialog: DialogEngine) -> None:
         "$40",
         "price",
         "no contract",
+        "none",
         "no",
         "2",
         "5 gb",
@@ -127,7 +128,19 @@ def test_unclear_answer_is_reasked_with_options_then_left_for_later(dialog: Dial
     inbound = [m for m in alex.messages() if m.direction == "in"]
     assert [m.needs_review for m in inbound] == [False, True, True]
     # The question comes back once its time is up (a day later by default).
-    for answer in ["evenings", "$40", "price", "contract", "no", "1", "3gb", "paper", "yes", "calls"]:
+    for answer in [
+        "evenings",
+        "$40",
+        "price",
+        "contract",
+        "hotspot",
+        "no",
+        "1",
+        "3gb",
+        "paper",
+        "yes",
+        "calls",
+    ]:
         alex.say(answer)
     assert alex.last is not None and alex.last.replies[-1].intent == "done"
     replies = alex.say("hi", after=timedelta(hours=25))
