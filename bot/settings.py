@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import phonenumbers
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dialogs.advisor import AdviceConfig
 from dialogs.engine import EngineConfig
+from plans.fit import FitConfig
 
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "your-token-here", "xxx", "todo"}
 
@@ -29,6 +32,12 @@ class Settings(BaseSettings):
     resume_after_hours: float = Field(default=24, gt=0)
     skip_retry_hours: float = Field(default=24, ge=0)
     log_level: str = "INFO"
+
+    fit_lookback: int = Field(default=3, ge=1, le=24)
+    min_saving_abs: Decimal = Field(default=Decimal("5.00"), ge=0)
+    min_saving_pct: Decimal = Field(default=Decimal("0.10"), ge=0, le=1)
+    decline_days: int = Field(default=90, ge=0)
+    decline_usage_change: Decimal = Field(default=Decimal("0.25"), ge=0)
 
     telegram_bot_token: SecretStr | None = None
     telegram_api_base_url: str = "https://api.telegram.org"
@@ -64,6 +73,17 @@ class Settings(BaseSettings):
             confidence_threshold=self.confidence_threshold,
             resume_after=timedelta(hours=self.resume_after_hours),
             skip_for=timedelta(hours=self.skip_retry_hours),
+            advice=AdviceConfig(
+                fit=self.fit_config(),
+                decline_for=timedelta(days=self.decline_days),
+                decline_usage_change=self.decline_usage_change,
+            ),
+        )
+
+    def fit_config(self) -> FitConfig:
+        """The plan-fit rule's tunables."""
+        return FitConfig(
+            lookback=self.fit_lookback, min_saving_abs=self.min_saving_abs, min_saving_pct=self.min_saving_pct
         )
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-import numpy as np
 from sqlalchemy import Connection, cast, func, insert, select
 from sqlalchemy.types import String
 
@@ -235,13 +234,7 @@ class Advisor:
                 scored.append((1.0, order, question))
                 continue
             hypotheses = [needs_from({**preferences, question.key: a}, self.roles) for a, _ in answers]
-            repeated = replace(
-                batch,
-                customer_ids=np.repeat(batch.customer_ids, len(answers)),
-                months=np.repeat(batch.months, len(answers)),
-                quantity=np.repeat(batch.quantity, len(answers), axis=0),
-                periods=batch.periods * len(answers),
-            )
+            repeated = batch.repeat(len(answers))
             fits = fit_batch(catalog, repeated, [current_plan] * len(answers), hypotheses, self.config.fit)
             total = sum(w for _, w in answers)
             value = sum(w for (_, w), f in zip(answers, fits, strict=True) if f.best_plan != best_now) / total

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, bindparam, select
 
-from storage.tables import CUSTOMER, PLAN, USAGE
+from storage.tables import CUSTOMER, PLAN, PREFERENCE, USAGE
 
 QTY_SCALE = 1_000  # Usage.quantity_milli
 MONEY_SCALE = 10_000  # money in ten-thousandths (overage prices have up to 4 decimals)
@@ -202,8 +202,7 @@ class UsageBatch:
 
     customer_ids: I64  # (B,)
     months: I64  # (B,) how many periods each customer has (at most lookback); 0 = no usage
-    quantity: I64  # (B, lookback, K) thousandths, metrics in catalog order
-    periods: list[tuple[int, ...]]  # each customer's periods used, newest first
+    quantity: I64  # (B, lookback, K) thousandths, metrics in catalog order, newest period first
 
     def mean(self, b: int, metrics: Sequence[str]) -> dict[str, Decimal]:
         """Customer ``b``'s mean monthly usage per metric, in units."""
@@ -213,36 +212,56 @@ class UsageBatch:
         totals = self.quantity[b, :n, :].sum(axis=0)
         return {m: Decimal(int(t)) / QTY_SCALE / n for m, t in zip(metrics, totals, strict=True)}
 
+    def repeat(self, times: int) -> UsageBatch:
+        """This batch ``times`` over (to price one customer under several hypotheses at once)."""
+        return UsageBatch(
+            np.repeat(self.customer_ids, times),
+            np.repeat(self.months, times),
+            np.repeat(self.quantity, times, axis=0),
+        )
+
 
 def usage_batch(
     customer_ids: Sequence[int],
-    rows: Iterable[tuple[int, int, str, int]],
+    rows: Iterable[Sequence[Any]],
     metrics: Sequence[str],
     lookback: int,
 ) -> UsageBatch:
-    """Arrange (customer_id, period, metric, quantity_milli) rows into a batch.
+    """Arrange (customer_id, period, metric, quantity_milli) rows, in any order, into a batch.
 
-    ``rows`` may come in any order; metrics no plan prices are left out of the array.
+    Rows of customers not in ``customer_ids`` are ignored, and so are metrics no plan prices
+    (they still count towards which periods are the latest).
     """
-    position = {cid: b for b, cid in enumerate(customer_ids)}
-    metric_index = {m: k for k, m in enumerate(metrics)}
-    seen: dict[int, set[int]] = {}
-    kept: list[tuple[int, int, int, int]] = []
-    for cid, period, metric, qty in rows:
-        b = position.get(cid)
-        if b is None:
-            continue
-        seen.setdefault(b, set()).add(period)
-        kept.append((b, period, metric_index.get(metric, -1), qty))
-    periods = [tuple(sorted(seen.get(b, ()), reverse=True)[:lookback]) for b in range(len(customer_ids))]
-    slot = [{p: i for i, p in enumerate(ps)} for ps in periods]
-    quantity = np.zeros((len(customer_ids), lookback, len(metrics)), dtype=np.int64)
-    for b, period, k, qty in kept:
-        i = slot[b].get(period)
-        if i is not None and k >= 0:
-            quantity[b, i, k] = qty
-    months = np.array([len(ps) for ps in periods], dtype=np.int64)
-    return UsageBatch(np.array(customer_ids, dtype=np.int64), months, quantity, periods)
+    ids = np.asarray(customer_ids, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    quantity = np.zeros((len(ids), lookback, len(metrics)), dtype=np.int64)
+    months = np.zeros(len(ids), dtype=np.int64)
+    table = list(rows)
+    if not table or not len(ids):
+        return UsageBatch(ids, months, quantity)
+    cid = np.fromiter((r[0] for r in table), dtype=np.int64, count=len(table))
+    period = np.fromiter((r[1] for r in table), dtype=np.int64, count=len(table))
+    qty = np.fromiter((r[3] for r in table), dtype=np.int64, count=len(table))
+    names, name_index = np.unique(np.array([r[2] for r in table], dtype=object), return_inverse=True)
+    lookup = {m: k for k, m in enumerate(metrics)}
+    metric = np.array([lookup.get(str(n), -1) for n in names], dtype=np.int64)[name_index]
+    # Position of each row's customer in the batch (rows of other customers drop out).
+    sorted_ids = ids[order]
+    slot = np.minimum(np.searchsorted(sorted_ids, cid), len(ids) - 1)
+    known = sorted_ids[slot] == cid
+    pos, period, metric, qty = order[slot[known]], period[known], metric[known], qty[known]
+    # Rank each row's period among its customer's distinct periods, newest first.
+    by = np.lexsort((-period, pos))
+    pos, period, metric, qty = pos[by], period[by], metric[by], qty[by]
+    new_customer = np.r_[True, pos[1:] != pos[:-1]]
+    new_period = new_customer | np.r_[True, period[1:] != period[:-1]]
+    run = np.cumsum(new_period) - 1
+    first_run = np.maximum.accumulate(np.where(new_customer, run, 0))
+    rank = run - first_run
+    keep = (rank < lookback) & (metric >= 0)
+    quantity[pos[keep], rank[keep], metric[keep]] = qty[keep]
+    np.maximum.at(months, pos, np.minimum(rank + 1, lookback))
+    return UsageBatch(ids, months, quantity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,27 +427,70 @@ def fit_customers(
     conn: Connection,
     catalog: Catalog,
     customers: Sequence[tuple[int, str | None, Needs]],
-    config: FitConfig = FitConfig(),
+    config: FitConfig | None = None,
 ) -> list[Fit]:
     """The fit for (customer id, current plan id, needs) triples, reading their usage."""
+    config = config or FitConfig()
     ids = [c[0] for c in customers]
     rows = conn.execute(_USAGE_OF, {"ids": ids}) if ids else iter(())
     batch = usage_batch(ids, rows, catalog.metrics, config.lookback)
     return fit_batch(catalog, batch, [c[1] for c in customers], [c[2] for c in customers], config)
 
 
+_USAGE_BETWEEN = select(USAGE.c.customer_id, USAGE.c.period, USAGE.c.metric, USAGE.c.quantity_milli).where(
+    USAGE.c.customer_id.between(bindparam("lo"), bindparam("hi"))
+)
+
+
+def fit_book(
+    conn: Connection,
+    catalog: Catalog,
+    roles: Mapping[str, str],
+    config: FitConfig | None = None,
+    *,
+    external_id: str | None = None,
+    batch_size: int = 20_000,
+) -> Iterator[tuple[str | None, Fit]]:
+    """(external id, fit) for every customer (or the one with ``external_id``), in id order.
+
+    Reads customers, their hard preferences (the preference keys in ``roles``) and usage a batch
+    of ids at a time, so memory stays flat however large the book is.
+    """
+    config = config or FitConfig()
+    for customers in iter_customers(conn, batch_size=batch_size, external_id=external_id):
+        lo, hi = customers[0][0], customers[-1][0]
+        answers: dict[int, dict[str, Any]] = {}
+        if roles:
+            prefs = conn.execute(
+                select(PREFERENCE.c.customer_id, PREFERENCE.c.key, PREFERENCE.c.value).where(
+                    PREFERENCE.c.customer_id.between(lo, hi), PREFERENCE.c.key.in_(list(roles))
+                )
+            )
+            for cid, key, value in prefs:
+                answers.setdefault(cid, {})[key] = value
+        ids = [c[0] for c in customers]
+        rows = conn.execute(_USAGE_BETWEEN, {"lo": lo, "hi": hi})
+        batch = usage_batch(ids, rows, catalog.metrics, config.lookback)
+        needs = [needs_from(answers.get(cid, {}), roles) for cid in ids]
+        fits = fit_batch(catalog, batch, [c[2] for c in customers], needs, config)
+        yield from zip((c[1] for c in customers), fits, strict=True)
+
+
 def iter_customers(
-    conn: Connection, *, batch_size: int = 20_000
+    conn: Connection, *, batch_size: int = 20_000, external_id: str | None = None
 ) -> Iterator[list[tuple[int, str | None, str | None]]]:
     """(id, external id, current plan id) of every customer not erased, in batches by id."""
     last = 0
     while True:
-        rows = conn.execute(
+        query = (
             select(CUSTOMER.c.id, CUSTOMER.c.external_id, CUSTOMER.c.current_plan_id)
             .where(CUSTOMER.c.id > last, CUSTOMER.c.erased_at.is_(None))
             .order_by(CUSTOMER.c.id)
             .limit(batch_size)
-        ).all()
+        )
+        if external_id is not None:
+            query = query.where(CUSTOMER.c.external_id == external_id)
+        rows = conn.execute(query).all()
         if not rows:
             return
         yield [(r[0], r[1], r[2]) for r in rows]
