@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from bot.cli_data import import_app, plans_app
 from bot.runtime import Runtime, build_runtime
 from bot.settings import Settings, get_settings
 from dialogs.bank import BankError
@@ -19,9 +20,11 @@ from dialogs.bank import BankError
 app = typer.Typer(help="Rapport: a conversational customer-preference assistant.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(plans_app, name="plans")
+app.add_typer(import_app, name="import")
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _settings() -> Settings:
@@ -38,6 +41,7 @@ def _settings() -> Settings:
         format="%(message)s",
         handlers=[RichHandler(console=err, show_path=False)],
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations say what they did themselves
     return settings
 
 
