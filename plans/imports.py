@@ -400,6 +400,17 @@ def _usage_values(row: Mapping[str, str]) -> tuple[str, int, str, int] | str:
     return external_id, period, metric, quantity_milli
 
 
+def _usage_group(row: Mapping[str, str] | str) -> tuple[str | None, int | None]:
+    """The (external_id, period) a rejected row belongs to, where its fields tell."""
+    if isinstance(row, str):
+        return None, None
+    try:
+        period: int | None = _period(row["period"])
+    except ValueError:
+        period = None
+    return (row["external_id"][:64] or None), period
+
+
 _STAGING_COLUMNS = ("line", "external_id", "period", "metric", "quantity_milli", "reason")
 
 
@@ -436,13 +447,29 @@ def _stage(conn: Connection, staging: Table, batch: list[tuple[Any, ...]]) -> No
 
 
 def _settle_usage(conn: Connection, staging: Table) -> None:
-    """Reject unknown customers and duplicates, then replace the (customer, period)s staged."""
+    """Reject unknown customers, partly bad periods and duplicates, then replace the
+    (customer, period)s staged."""
     s = staging.c
     accepted = s.reason.is_(None)
     conn.execute(
         update(staging)
         .where(accepted, ~exists().where(CUSTOMER.c.external_id == s.external_id))
         .values(reason=UNKNOWN_CUSTOMER)
+    )
+    # A (customer, period) with a rejected row keeps what it had: replacing it with the rest
+    # would silently drop the rejected metric (counted as 0 by the plan fit).
+    bad = staging.alias("bad")
+    bad_line = (
+        select(func.min(bad.c.line))
+        .where(bad.c.external_id == s.external_id, bad.c.period == s.period, bad.c.reason.is_not(None))
+        .scalar_subquery()
+    )
+    conn.execute(
+        update(staging)
+        .where(accepted, bad_line.is_not(None))
+        .values(
+            reason=literal("period kept as it was: line ") + cast(bad_line, String) + literal(" was rejected")
+        )
     )
     first = staging.alias("first")
     first_line = (
@@ -508,7 +535,7 @@ def _load_usage(
         row = header.row(record)
         values = row if isinstance(row, str) else _usage_values(row)
         if isinstance(values, str):
-            batch.append((record.line, None, None, None, None, values))
+            batch.append((record.line, *_usage_group(row), None, None, values))
         else:
             batch.append((record.line, *values, None))
         if len(batch) >= USAGE_BATCH:

@@ -257,7 +257,7 @@ def test_every_bad_usage_row_is_reported_and_every_good_row_imported(book: Engin
     ]
     path = write(tmp_path / "usage.csv", "\n".join(rows) + "\n")
     summary = import_usage(book, path)
-    assert (summary.rows, summary.imported, summary.rejected) == (17, 3, 14)
+    assert (summary.rows, summary.imported, summary.rejected) == (17, 2, 15)
     assert rejects_of(summary.rejects_path) == [
         (4, "unknown customer: no customer has this external_id (import customers first)", rows[3]),
         (5, "period '2026-13' is not YYYY-MM (a year 2000-2100, a month 01-12)", rows[4]),
@@ -274,15 +274,30 @@ def test_every_bad_usage_row_is_reported_and_every_good_row_imported(book: Engin
         (12, "expected 4 fields, found 3", rows[11]),
         (13, "expected 4 fields, found 5", rows[12]),
         (14, "duplicate of line 2", rows[13]),
-        (16, "duplicate of line 15", rows[15]),
+        # C2's January had bad rows (lines 8-11): it is kept as it was, not half replaced.
+        (15, "period kept as it was: line 8 was rejected", rows[14]),
+        (16, "period kept as it was: line 8 was rejected", rows[15]),
         (17, "external_id is empty", rows[16]),
         (18, "quantity 'inf' is not a finite number", rows[17]),
     ]
     assert usage_in(book) == {
         ("C1", 202601, "data_gb"): 4500,
         ("C1", 202601, "minutes"): 120_000,
-        ("C2", 202601, "sms"): 0,
     }
+
+
+def test_a_period_with_a_bad_row_keeps_what_it_had(book: Engine, tmp_path: Path) -> None:
+    good = write(
+        tmp_path / "jan.csv", "external_id,period,metric,quantity\nC2,2026-01,data_gb,3\nC2,2026-01,sms,5\n"
+    )
+    import_usage(book, good)
+    bad = write(
+        tmp_path / "fix.csv", "external_id,period,metric,quantity\nC2,2026-01,sms,7\nC2,2026-01,data_gb,-1\n"
+    )
+    summary = import_usage(book, bad)
+    assert (summary.imported, summary.rejected) == (0, 2)
+    assert rejects_of(summary.rejects_path)[0][:2] == (2, "period kept as it was: line 3 was rejected")
+    assert usage_in(book) == {("C2", 202601, "data_gb"): 3000, ("C2", 202601, "sms"): 5000}
 
 
 def test_reimporting_a_period_replaces_it_and_leaves_other_periods(book: Engine, tmp_path: Path) -> None:
@@ -355,15 +370,15 @@ def test_bom_crlf_blank_lines_quotes_and_extra_columns_are_handled(book: Engine,
     path.write_bytes(data)
     seen: list[tuple[int, int]] = []
     summary = import_usage(book, path, progress=lambda done, total: seen.append((done, total)))
-    assert (summary.rows, summary.imported, summary.rejected) == (4, 3, 1)
+    assert (summary.rows, summary.imported, summary.rejected) == (4, 2, 2)
     assert summary.ignored_columns == ("source",)
     assert rejects_of(summary.rejects_path) == [
-        (6, "quantity '-3' is negative", 'C3,"multi\r\nline",2026-01,sms,-3')
+        (6, "quantity '-3' is negative", 'C3,"multi\r\nline",2026-01,sms,-3'),
+        (8, "period kept as it was: line 6 was rejected", "C3,bill,2026-01,sms,3"),
     ]
     assert usage_in(book) == {
         ("C1", 202601, "data_gb"): 1000,
         ("C2", 202601, "minutes"): 2000,
-        ("C3", 202601, "sms"): 3000,
     }
     assert seen[-1] == (len(data), len(data))
 
