@@ -501,7 +501,8 @@ def import_usage(engine: Engine, path: str | Path, *, progress: Progress | None 
     metric, go and the file's accepted rows come in; other periods stay. Re-importing a file is
     idempotent. Quantities are kept in thousandths, rounded half-up. The file streams through a
     staging table in batches, so memory does not grow with it. Rejected: unknown customers, bad
-    fields, and a repeated (external_id, period, metric), whose first accepted row wins.
+    fields, a repeated (external_id, period, metric), whose first accepted row wins, and every row
+    of a (customer, period) that has a rejected row: that period keeps what it had.
     """
     path = Path(path)
     reader = _CsvReader(path)
