@@ -140,6 +140,7 @@ class Message(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("channel", "direction", "provider_message_id", name="uq_message_provider_id"),
         Index("ix_message_customer_id_id", "customer_id", "id"),
+        Index("ix_message_outbox", "status", "next_attempt_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -161,10 +162,14 @@ class Message(SQLModel, table=True):
         default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="CASCADE"), nullable=True)
     )
     status: str | None = Field(default=None, max_length=16)
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    error: str | None = Field(default=None, max_length=500)
+    next_attempt_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True)
     )
     sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    delivered_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
 class Preference(SQLModel, table=True):

@@ -1,0 +1,1 @@
+"""Scheduled and background work: the outbox delivery (and, to come, proactive jobs)."""
