@@ -1,18 +1,67 @@
-"""Rapport's web app: health today; the channels' webhooks and the console mount here."""
+"""Rapport's web app: health, the channels' webhooks, and (to come) the console.
+
+The app's lifespan starts the configured channels and the outbox loop that sends queued
+messages (retries included), and stops them in reverse order.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from bot.channels.base import ChannelService
 from bot.runtime import Runtime
+from schedulers.delivery import Outbox
 from storage.db import database_status
 
+log = logging.getLogger(__name__)
 
-def create_app(runtime: Runtime) -> FastAPI:
+
+def make_outbox(runtime: Runtime, services: Sequence[ChannelService]) -> Outbox:
+    """The outbox that sends through the given channels."""
+    return Outbox(runtime.db, {s.name: s.sender for s in services}, runtime.dialog.reply_options)
+
+
+def create_app(
+    runtime: Runtime, services: Sequence[ChannelService] = (), *, outbox: Outbox | None = None
+) -> FastAPI:
     """The ASGI app served by ``rapport run``."""
-    app = FastAPI(title="Rapport", docs_url=None, redoc_url=None, openapi_url=None)
+    outbox = outbox or make_outbox(runtime, services)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started: list[ChannelService] = []
+        stop = asyncio.Event()
+        sending: asyncio.Task[None] | None = None
+        try:
+            for service in services:
+                await service.start()
+                started.append(service)
+            if services:
+                sending = asyncio.create_task(outbox.run(stop=stop))
+            yield
+        finally:
+            stop.set()
+            if sending is not None:
+                await sending
+            for service in reversed(started):
+                try:
+                    await service.stop()
+                except Exception:
+                    log.exception("stopping the %s channel failed", service.name)
+
+    app = FastAPI(title="Rapport", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.outbox = outbox
+    for service in services:
+        router = service.router()
+        if router is not None:
+            app.include_router(router)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
