@@ -6,6 +6,7 @@ from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import phonenumbers
 from pydantic import Field, SecretStr, field_validator
@@ -42,10 +43,20 @@ class Settings(BaseSettings):
     telegram_bot_token: SecretStr | None = None
     telegram_api_base_url: str = "https://api.telegram.org"
     telegram_webhook_secret: SecretStr | None = None
+    telegram_mode: Literal["auto", "polling", "webhook"] = "auto"
+    telegram_rate_per_second: float = Field(default=30.0, gt=0)
+    telegram_rate_per_chat: float = Field(default=1.0, gt=0)
+    telegram_delete_webhook_on_stop: bool = False
+
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_from_number: str | None = None
+    twilio_messaging_service_sid: str | None = None
     twilio_api_base_url: str | None = None
+    sms_rate_per_second: float = Field(default=1.0, gt=0)
+    sms_max_segments: int = Field(default=2, ge=1, le=10)
+    sms_price_per_segment: Decimal = Field(default=Decimal("0.0079"), ge=0)
+
     public_base_url: str | None = None
 
     @field_validator("default_region")
