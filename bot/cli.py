@@ -91,17 +91,25 @@ def run(
     import uvicorn
 
     from bot.components import components
+    from bot.services import build_services
     from bot.web import create_app
 
     runtime = _runtime()
+    try:
+        services = build_services(runtime)
+    except ValueError as exc:
+        err.print(f"[red]Cannot start a channel:[/red] {exc}")
+        raise typer.Exit(2) from None
     table = Table(title="Rapport", show_header=True, header_style="bold")
     table.add_column("part")
     table.add_column("state")
     table.add_column("")
-    for part in components(runtime.settings, host=host, port=port):
+    for part in components(runtime.settings, services, host=host, port=port):
         table.add_row(part.name, "[green]on[/green]" if part.on else "[yellow]off[/yellow]", part.detail)
     console.print(table)
-    uvicorn.run(create_app(runtime), host=host, port=port, log_level=runtime.settings.log_level.lower())
+    uvicorn.run(
+        create_app(runtime, services), host=host, port=port, log_level=runtime.settings.log_level.lower()
+    )
 
 
 @app.command()

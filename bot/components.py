@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bot.channels.base import ChannelService
 from bot.settings import Settings
 
 
@@ -16,22 +18,33 @@ class Component:
     detail: str
 
 
-def components(settings: Settings, *, host: str, port: int) -> list[Component]:
-    """Every part of Rapport with its state under ``settings``."""
-    telegram = (
-        "token set, but this build has no Telegram channel yet"
-        if settings.telegram_bot_token
-        else "set TELEGRAM_BOT_TOKEN to turn it on"
-    )
-    sms = (
-        "credentials set, but this build has no SMS channel yet"
-        if settings.twilio_account_sid and settings.twilio_auth_token
-        else "set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM_NUMBER to turn it on"
-    )
+def components(
+    settings: Settings, services: Sequence[ChannelService], *, host: str, port: int
+) -> list[Component]:
+    """Every part of Rapport with its state in this process."""
+    running = {s.name for s in services}
+    public = settings.public_base_url or f"http://{host}:{port}"
+    if "telegram" in running:
+        mode = "webhook" if settings.public_base_url and settings.telegram_mode != "polling" else "polling"
+        telegram = Component("telegram", True, f"{mode} mode")
+    else:
+        telegram = Component("telegram", False, "set TELEGRAM_BOT_TOKEN to turn it on")
+    if "sms" in running:
+        sms = Component("sms (twilio)", True, f"webhook {public}/sms/inbound")
+    else:
+        sms = Component(
+            "sms (twilio)",
+            False,
+            "set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER (or TWILIO_MESSAGING_SERVICE_SID) "
+            "and PUBLIC_BASE_URL to turn it on",
+        )
     return [
         Component("web app", True, f"http://{host}:{port}/healthz"),
         Component("terminal chat", True, "rapport chat --phone +14155550100"),
-        Component("telegram", False, telegram),
-        Component("sms (twilio)", False, sms),
+        telegram,
+        sms,
+        Component(
+            "outbox", bool(services), "sends queued replies, retries failures" if services else "no channel"
+        ),
         Component("scheduler", False, "this build has no scheduled jobs yet"),
     ]

@@ -532,7 +532,8 @@ class _Turn:
 
     def _while_opted_out(self, command: Command | None) -> None:
         kind = command.kind if command else None
-        if kind is CommandKind.START:
+        # YES is a carrier opt-in keyword (CTIA), but only here: otherwise it answers a question.
+        if kind is CommandKind.START or normalize(self.text).rstrip(".! ") == "yes":
             self.state.opted_out_at = None
             self.opt_change = True
             self.intent("keyword:start")

@@ -37,6 +37,7 @@ ERASED = (
 OPTED_OUT = "You're unsubscribed and won't get any more messages from us. Reply START to opt back in."
 OPTED_IN = "Welcome back! You're subscribed to our messages again. Reply STOP at any time to opt out."
 ALREADY_IN = "You're already subscribed."
+TEXT_ONLY = "Sorry, I can only read text. Please reply in words, without pictures or files."
 SUGGESTION_CHANGED = "Your numbers have changed since I suggested that plan, so here is a fresh look."
 
 _SOURCES = {

@@ -79,6 +79,7 @@ class DeliveryStatus(StrEnum):
     SENDING = "sending"
     SENT = "sent"
     DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
     FAILED = "failed"
     UNKNOWN = "unknown"
 

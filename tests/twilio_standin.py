@@ -1,0 +1,392 @@
+"""A local stand-in for Twilio's Messages REST API, and Rapport served next to it, for SMS tests.
+
+``POST /2010-04-01/Accounts/{sid}/Messages.json`` answers like Twilio (basic auth checked, a JSON
+message resource with status ``queued``), records what was sent, can be told to fail the next
+requests, and posts signed status callbacks (queued -> sent -> delivered, or a chosen failure)
+to the message's ``StatusCallback``, one message after another, from a background thread.
+
+:func:`serve_sms_app` runs Rapport's web app with the SMS channel under uvicorn on 127.0.0.1,
+its Twilio client pointed at the stand-in, and yields helpers to text it as Twilio would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import uvicorn
+from sqlalchemy import select
+from twilio.request_validator import RequestValidator
+
+from bot.channels.sms import SmsService, build_sms_service
+from bot.runtime import Runtime, build_runtime
+from bot.settings import Settings
+from bot.web import create_app
+from schedulers.delivery import Outbox, RetryPolicy
+from storage.tables import CUSTOMER, IDENTITY, MESSAGE
+
+ACCOUNT = "AC" + "0" * 32
+TOKEN = "test-auth-token-1234"
+FROM = "+15005550006"
+CUSTOMER_PHONE = "+14155550123"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How to answer the next request instead of accepting it."""
+
+    status: int
+    code: int
+    message: str
+    retry_after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message the stand-in accepted."""
+
+    sid: str
+    to: str
+    body: str
+    sender: str
+    status_callback: str | None
+
+
+@dataclass
+class TwilioStandin:
+    """The stand-in server; use as a context manager. ``url`` is the base to give the client."""
+
+    account_sid: str
+    auth_token: str
+    sent: list[Sent] = field(default_factory=list)
+    requests: int = 0
+    callbacks: list[tuple[str, str, int]] = field(default_factory=list)  # (sid, status, HTTP answer)
+    # to-number -> (final status, error code) instead of "delivered"
+    outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _failures: list[Failure] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _callback_queue: queue.Queue[tuple[Sent, list[tuple[str, str]]] | None] = field(
+        default_factory=queue.Queue
+    )
+
+    def __post_init__(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, daemon=True),
+            threading.Thread(target=self._post_callbacks, daemon=True),
+        ]
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def __enter__(self) -> TwilioStandin:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._callback_queue.put(None)
+        self._server.shutdown()
+        self._server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    # -- test controls ----------------------------------------------------------------------------
+
+    def fail_next(self, failure: Failure, times: int = 1) -> None:
+        """Answer the next ``times`` send requests with ``failure``."""
+        with self._lock:
+            self._failures.extend([failure] * times)
+
+    def to(self, number: str) -> list[str]:
+        """The bodies sent to ``number`` so far."""
+        with self._lock:
+            return [s.body for s in self.sent if s.to == number]
+
+    def wait_for(self, number: str, count: int, timeout: float = 10.0) -> list[str]:
+        """The bodies sent to ``number`` once there are at least ``count`` (AssertionError after
+        ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            bodies = self.to(number)
+            if len(bodies) >= count:
+                return bodies
+            time.sleep(0.02)
+        raise AssertionError(f"{count} messages to {number} expected, got {self.to(number)}")
+
+    def wait_callbacks(self, count: int, timeout: float = 10.0) -> list[tuple[str, str, int]]:
+        """The status callbacks posted once there are at least ``count``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.callbacks) >= count:
+                    return list(self.callbacks)
+            time.sleep(0.02)
+        raise AssertionError(f"{count} status callbacks expected, got {self.callbacks}")
+
+    # -- the API ----------------------------------------------------------------------------------
+
+    def _authorized(self, header: str | None) -> bool:
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return header == f"Basic {expected}"
+
+    def _create(self, form: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self._lock:
+            self.requests += 1
+            failure = self._failures.pop(0) if self._failures else None
+        if failure is not None:
+            headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
+            return failure.status, _error(failure.status, failure.code, failure.message), headers
+        to, body = form.get("To"), form.get("Body")
+        sender = form.get("From") or form.get("MessagingServiceSid")
+        if not to or body is None or not sender:
+            return (
+                400,
+                _error(400, 21604, "'To', 'Body' and 'From' or 'MessagingServiceSid' are required"),
+                {},
+            )
+        if len(body) > 1600:
+            return (
+                400,
+                _error(400, 21617, "The message body exceeds the 1600 character limit"),
+                {},
+            )
+        sent = Sent(f"SM{uuid.uuid4().hex}", to, body, sender, form.get("StatusCallback"))
+        with self._lock:
+            self.sent.append(sent)
+        final = self.outcomes.get(to, ("delivered", ""))
+        self._callback_queue.put((sent, [("queued", ""), ("sent", ""), final]))
+        return 201, self._resource(sent), {}
+
+    def _resource(self, sent: Sent) -> dict[str, Any]:
+        now = formatdate(usegmt=True)
+        return {
+            "sid": sent.sid,
+            "account_sid": self.account_sid,
+            "to": sent.to,
+            "from": sent.sender if sent.sender.startswith("+") else None,
+            "messaging_service_sid": None if sent.sender.startswith("+") else sent.sender,
+            "body": sent.body,
+            "status": "queued",
+            "num_segments": "1",
+            "num_media": "0",
+            "direction": "outbound-api",
+            "api_version": "2010-04-01",
+            "date_created": now,
+            "date_updated": now,
+            "date_sent": None,
+            "price": None,
+            "price_unit": "USD",
+            "error_code": None,
+            "error_message": None,
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sent.sid}.json",
+            "subresource_uris": {},
+        }
+
+    def _post_callbacks(self) -> None:
+        validator = RequestValidator(self.auth_token)
+        with httpx.Client(timeout=10) as client:
+            while (item := self._callback_queue.get()) is not None:
+                sent, states = item
+                for state, error in states:
+                    if not sent.status_callback:
+                        break
+                    form = {
+                        "AccountSid": self.account_sid,
+                        "MessageSid": sent.sid,
+                        "SmsSid": sent.sid,
+                        "MessageStatus": state,
+                        "SmsStatus": state,
+                        "To": sent.to,
+                        "From": sent.sender,
+                        "ApiVersion": "2010-04-01",
+                        "ErrorCode": error,
+                    }
+                    if not error:
+                        del form["ErrorCode"]
+                    signature = validator.compute_signature(sent.status_callback, form)
+                    try:
+                        answer = client.post(
+                            sent.status_callback, data=form, headers={"X-Twilio-Signature": signature}
+                        ).status_code
+                    except httpx.HTTPError:
+                        answer = 0
+                    with self._lock:
+                        self.callbacks.append((sent.sid, state, answer))
+
+
+def _error(status: int, code: int, message: str) -> dict[str, Any]:
+    return {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+def _handler(standin: TwilioStandin) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+            pass
+
+        def do_POST(self) -> None:
+            path = f"/2010-04-01/Accounts/{standin.account_sid}/Messages.json"
+            length = int(self.headers.get("Content-Length") or 0)
+            form = dict(parse_qsl(self.rfile.read(length).decode(), keep_blank_values=True))
+            if not standin._authorized(self.headers.get("Authorization")):
+                self._answer(401, _error(401, 20003, "Authenticate"), {})
+            elif self.path != path:
+                self._answer(404, _error(404, 20404, f"The requested resource {self.path} was not found"), {})
+            else:
+                self._answer(*standin._create(form))
+
+        def _answer(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+@dataclass
+class SmsApp:
+    """The running app (``url``), the stand-in, and helpers to text it as Twilio would."""
+
+    url: str
+    runtime: Runtime
+    service: SmsService
+    outbox: Outbox
+    standin: TwilioStandin
+    http: httpx.Client
+
+    def post(
+        self,
+        path: str,
+        form: Mapping[str, str],
+        *,
+        signed_url: str | None = None,
+        signature: str | None = None,
+        token: str = TOKEN,
+    ) -> httpx.Response:
+        """Post ``form`` to ``path``, signed as Twilio signs it (for ``signed_url``, default the real one)."""
+        if signature is None:
+            signature = self.post_signature(path, form, signed_url=signed_url, token=token)
+        return self.http.post(self.url + path, data=dict(form), headers={"X-Twilio-Signature": signature})
+
+    def post_signature(
+        self, path: str, form: Mapping[str, str], *, signed_url: str | None = None, token: str = TOKEN
+    ) -> str:
+        """The X-Twilio-Signature Twilio would send for ``form`` posted to ``path``."""
+        return str(RequestValidator(token).compute_signature(signed_url or self.url + path, dict(form)))
+
+    def sms(
+        self, text: str, *, sid: str, sender: str = CUSTOMER_PHONE, media: int = 0, **extra: str
+    ) -> httpx.Response:
+        """The customer at ``sender`` texts ``text``; asserts Twilio gets an empty TwiML answer."""
+        form = {
+            "ToCountry": "US",
+            "MessageSid": sid,
+            "SmsMessageSid": sid,
+            "AccountSid": ACCOUNT,
+            "From": sender,
+            "To": FROM,
+            "Body": text,
+            "NumMedia": str(media),
+            "NumSegments": "1",
+            "FromCity": "",
+            "ApiVersion": "2010-04-01",
+            **extra,
+        }
+        response = self.post("/sms/inbound", form)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("text/xml")
+        assert response.text.endswith("<Response/>")
+        return response
+
+    def rows(self, *where: Any) -> list[Any]:
+        """Message rows matching ``where``, oldest first."""
+        with self.runtime.db.connect() as conn:
+            return list(conn.execute(select(MESSAGE).where(*where).order_by(MESSAGE.c.id)).all())
+
+    def customer(self, phone: str = CUSTOMER_PHONE) -> Any:
+        with self.runtime.db.connect() as conn:
+            return conn.execute(
+                select(CUSTOMER)
+                .join(IDENTITY, IDENTITY.c.customer_id == CUSTOMER.c.id)
+                .where(IDENTITY.c.channel == "sms", IDENTITY.c.address == phone)
+            ).one()
+
+    def wait_until(self, check: Any, timeout: float = 10.0) -> None:
+        """Poll ``check()`` until it is true (AssertionError after ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{check} stayed false for {timeout} s")
+            time.sleep(0.02)
+
+
+@contextmanager
+def serve_sms_app(db_url: str, **settings: Any) -> Iterator[SmsApp]:
+    """Start the stand-in and the app (uvicorn, its own thread and port); stop both afterwards."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with TwilioStandin(ACCOUNT, TOKEN) as standin:
+        values: dict[str, Any] = {
+            "database_url": db_url,
+            "twilio_account_sid": ACCOUNT,
+            "twilio_auth_token": TOKEN,
+            "twilio_from_number": FROM,
+            "twilio_api_base_url": standin.url,
+            "public_base_url": url,
+            "sms_rate_per_second": 200.0,
+            **settings,
+        }
+        runtime = build_runtime(Settings(_env_file=None, **values))
+        service = build_sms_service(runtime)
+        assert service is not None
+        service.status_grace = 0.3
+        # Short backoff so retries happen within the test (the outbox loop polls every second).
+        outbox = Outbox(
+            runtime.db,
+            {service.name: service.sender},
+            runtime.dialog.reply_options,
+            policy=RetryPolicy(base=0.05, cap=0.2),
+        )
+        app = create_app(runtime, [service], outbox=outbox)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not server.started:
+                assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.01)
+            with httpx.Client(timeout=10) as http:
+                yield SmsApp(url, runtime, service, outbox, standin, http)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+            sock.close()
+            runtime.db.dispose()
