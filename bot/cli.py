@@ -121,12 +121,15 @@ def demo() -> None:
     summary = load_demo(runtime.db)
     console.print(
         f"Demo data loaded into {runtime.db.url.render_as_string(hide_password=True)}: "
+        f"{summary.plans_created} plans created, {summary.plans_updated} updated; "
         f"{summary.customers_created} customers created, {summary.customers_updated} updated, "
-        f"{summary.preferences} preferences on file."
+        f"{summary.preferences} preferences on file; {summary.usage_rows} usage rows."
     )
     console.print("Try next:")
-    console.print(f"  rapport chat --phone {DEMO_PHONE}     talk to the bot as Alex (blank profile)")
-    console.print("  rapport chat --phone +14155550105     a customer whose budget is a year old")
+    console.print(
+        f'  rapport chat --phone {DEMO_PHONE}     talk to the bot as Alex; ask "which plan fits me?"'
+    )
+    console.print("  rapport plans fit                     the plan fit of every demo customer")
     console.print("  rapport run                           serve the web app on http://127.0.0.1:8000")
 
 

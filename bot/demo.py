@@ -1,18 +1,34 @@
-"""Demo data: a small book of customers, some of whom already told us a thing or two."""
+"""Demo data: the demo plan catalog and a book of customers with six months of usage.
+
+Usage is drawn, with a fixed seed, as a skewed (lognormal) share of each customer's current
+allowance: most people use far less than they pay for, about one in six goes over, and a few
+travel. So the plan fit has something to say out of the box: many customers on too big a plan,
+some paying overage, some already on the best plan.
+"""
 
 from __future__ import annotations
 
+import importlib.resources
 import random
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine
+import numpy as np
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
 
+from plans.catalog import UNLIMITED, CatalogFile, PlanSpec, apply_catalog, load_catalog_file
 from storage.db import transaction
 from storage.models import Source, utcnow
-from storage.queries import set_preference, upsert_customer
+from storage.tables import CUSTOMER, PREFERENCE, USAGE
 
 DEMO_PHONE = "+14155550100"
+DEMO_CATALOG = "demo_catalog.toml"
+DEMO_MONTHS = 6
+METRICS = ("data_gb", "minutes", "sms", "roaming_data_gb")
+ALEX_PLAN = "plus-20"
+
 _FIRST = [
     "Alex",
     "Sam",
@@ -37,60 +53,266 @@ _FIRST = [
 ]
 _LAST = ["Lee", "Garcia", "Okafor", "Novak", "Silva", "Chen", "Haddad", "Rossi", "Kim", "Patel"]
 _ZONES = ["America/Los_Angeles", "America/Denver", "America/Chicago", "America/New_York"]
+# How many demo customers are on each plan, relatively (the retired one still has some).
+_PLAN_WEIGHTS = {
+    "mini-1": 6,
+    "prepaid-3": 8,
+    "basic-5": 14,
+    "plus-20": 20,
+    "max-50": 6,
+    "unlimited": 10,
+    "travel-10": 4,
+    "world-25": 2,
+    "family-60": 3,
+    "basic-5-12": 6,
+    "plus-20-24": 8,
+    "unlimited-24": 6,
+    "family-60-24": 2,
+    "classic-10": 5,
+}
+# What "a share of the allowance" means where the allowance is unlimited (typical heavy use).
+_UNLIMITED_REFERENCE = {"data_gb": 30.0, "minutes": 600.0, "sms": 300.0}
+_CHUNK = 500  # ids per IN (...) list
 
 
 @dataclass(frozen=True, slots=True)
 class DemoSummary:
-    """What ``load_demo`` did."""
+    """What ``load_demo`` did. ``periods`` are the usage months (yyyymm), oldest first."""
 
     customers_created: int
     customers_updated: int
     preferences: int
+    plans_created: int
+    plans_updated: int
+    usage_rows: int
+    periods: tuple[int, ...]
 
 
-def load_demo(db: Engine, *, customers: int = 40, seed: int = 7) -> DemoSummary:
-    """Load demo customers (idempotent: a second run updates the same rows).
+def demo_catalog() -> CatalogFile:
+    """The demo plan catalog shipped with the ``plans`` package."""
+    resource = importlib.resources.files("plans").joinpath(DEMO_CATALOG)
+    with importlib.resources.as_file(resource) as path:
+        return load_catalog_file(path)
 
-    Customer 1 (+14155550100) starts with a blank profile, to try the whole dialogue; a few
+
+def demo_periods(now: datetime, months: int = DEMO_MONTHS) -> tuple[int, ...]:
+    """The ``months`` months (yyyymm) before the month of ``now``, oldest first."""
+    index = now.year * 12 + now.month - 1  # months since year 0, of ``now``
+    return tuple((i // 12) * 100 + i % 12 + 1 for i in range(index - months, index))
+
+
+def load_demo(db: Engine, *, customers: int = 300, seed: int = 7, now: datetime | None = None) -> DemoSummary:
+    """Load the demo catalog and customers with usage, in one transaction (idempotent).
+
+    A second run updates the same rows: plans by id, customers by external id (DEMO-0001...),
+    their preferences by key, and usage by (customer, period, metric). Usage covers the
+    ``DEMO_MONTHS`` months before the month of ``now`` (default: the current time).
+
+    Customer 1, Alex (+14155550100), starts with a blank profile, to try the whole dialogue, and
+    uses about 2 GB a month of a 20 GB plan, so "which plan fits me?" gets a suggestion; a few
     others have answers on file, one of them old enough to be re-confirmed.
     """
-    rng = random.Random(seed)
-    now = utcnow()
-    created = updated = prefs = 0
+    if customers < 1:
+        raise ValueError(f"customers must be at least 1, got {customers}")
+    now = now or utcnow()
+    catalog = demo_catalog()
+    plans = {spec.id: spec for spec in catalog.plans}
+    periods = demo_periods(now)
+    book = _book(customers, seed, plans)
+    usage = _usage(book, plans, periods, seed)
     with transaction(db) as session:
-        for i in range(customers):
-            name = "Alex" if i == 0 else f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
-            customer, new = upsert_customer(
-                session,
-                external_id=f"DEMO-{i + 1:04d}",
-                name=name.split()[0] if i == 0 else name,
-                phone=f"+1415555{100 + i:04d}",
-                timezone=rng.choice(_ZONES),
-                marketing_consent=rng.random() < 0.8,
-            )
-            created += new
-            updated += not new
-            assert customer.id is not None
-            if i == 0:
-                continue
-            if i % 3 == 0:
-                set_preference(
-                    session,
-                    customer_id=customer.id,
-                    key="contact_channel",
-                    value="sms",
-                    source=Source.IMPORT,
-                    at=now - timedelta(days=30),
-                )
-                prefs += 1
-            if i % 5 == 0:
-                set_preference(
-                    session,
-                    customer_id=customer.id,
-                    key="monthly_budget",
-                    value=f"{rng.choice([25, 30, 40, 60])}.00",
-                    source=Source.IMPORT,
-                    at=now - timedelta(days=400),
-                )
-                prefs += 1
-    return DemoSummary(created, updated, prefs)
+        plan_summary = apply_catalog(session, catalog)
+        conn = session.connection()
+        ids, created = _upsert_customers(conn, book, now)
+        prefs = _upsert_preferences(conn, _preferences(ids, seed, now))
+        usage_rows = _replace_usage(conn, ids, periods, usage)
+    return DemoSummary(
+        customers_created=created,
+        customers_updated=customers - created,
+        preferences=prefs,
+        plans_created=plan_summary.created,
+        plans_updated=plan_summary.updated,
+        usage_rows=usage_rows,
+        periods=periods,
+    )
+
+
+# -- the book ------------------------------------------------------------------------------------
+
+
+def _book(customers: int, seed: int, plans: Mapping[str, PlanSpec]) -> list[dict[str, Any]]:
+    """The customer rows (without ids), Alex first."""
+    rng = random.Random(seed)
+    ids, weights = zip(*((p, w) for p, w in _PLAN_WEIGHTS.items() if p in plans), strict=True)
+    book = []
+    for i in range(customers):
+        name = "Alex" if i == 0 else f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+        book.append(
+            {
+                "external_id": f"DEMO-{i + 1:04d}",
+                "name": name,
+                "phone": f"+1415555{100 + i:04d}",
+                "timezone": rng.choice(_ZONES),
+                "marketing_consent": rng.random() < 0.8,
+                "current_plan_id": ALEX_PLAN if i == 0 else rng.choices(ids, weights)[0],
+            }
+        )
+    return book
+
+
+def _upsert_customers(
+    conn: Connection, book: Sequence[dict[str, Any]], now: datetime
+) -> tuple[list[int], int]:
+    """Insert or update the book by external id; the ids in book order and how many were new.
+
+    A customer who texted the bot from a demo phone before the demo was loaded (a row with that
+    phone and no external id) becomes that demo customer.
+    """
+    by_external = {row.external_id: row.id for row in conn.execute(_DEMO_CUSTOMERS)}
+    by_phone = {row.phone: row.id for row in conn.execute(_PHONE_ONLY_CUSTOMERS)}
+    updates, inserts = [], []
+    for row in book:
+        known = by_external.get(row["external_id"]) or by_phone.get(row["phone"])
+        if known is None:
+            inserts.append({**row, "created_at": now})
+        else:
+            updates.append({**row, "b_id": known})
+    if updates:
+        conn.execute(_UPDATE_CUSTOMER, updates)
+    if inserts:
+        conn.execute(insert(CUSTOMER), inserts)
+    ids = {row.external_id: row.id for row in conn.execute(_DEMO_CUSTOMERS)}
+    return [ids[row["external_id"]] for row in book], len(inserts)
+
+
+_DEMO_CUSTOMERS = select(CUSTOMER.c.id, CUSTOMER.c.external_id).where(CUSTOMER.c.external_id.like("DEMO-%"))
+_PHONE_ONLY_CUSTOMERS = select(CUSTOMER.c.id, CUSTOMER.c.phone).where(
+    CUSTOMER.c.external_id.is_(None), CUSTOMER.c.phone.like("+1415555%")
+)
+_UPDATE_CUSTOMER = update(CUSTOMER).where(CUSTOMER.c.id == bindparam("b_id"))
+
+
+def _preferences(ids: Sequence[int], seed: int, now: datetime) -> list[dict[str, Any]]:
+    """Answers on file: every third customer prefers texts; every fifth has a budget a year old."""
+    rng = random.Random(seed + 1)
+    rows = []
+    for i, customer_id in enumerate(ids):
+        if i == 0:
+            continue  # Alex starts blank
+        if i % 3 == 0:
+            rows.append(_preference(customer_id, "contact_channel", "sms", now - timedelta(days=30)))
+        if i % 5 == 0:
+            budget = f"{rng.choice([25, 30, 40, 60])}.00"
+            rows.append(_preference(customer_id, "monthly_budget", budget, now - timedelta(days=400)))
+    return rows
+
+
+def _preference(customer_id: int, key: str, value: object, at: datetime) -> dict[str, Any]:
+    return {
+        "customer_id": customer_id,
+        "key": key,
+        "value": value,
+        "source": Source.IMPORT.value,
+        "message_id": None,
+        "channel": None,
+        "stated_at": at,
+        "confirmed_at": at,
+    }
+
+
+def _upsert_preferences(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert or update preferences by (customer, key); how many there are."""
+    keys = sorted({r["key"] for r in rows})
+    existing: set[tuple[int, str]] = set()
+    for chunk in _chunks(sorted({r["customer_id"] for r in rows})):
+        query = select(PREFERENCE.c.customer_id, PREFERENCE.c.key).where(
+            PREFERENCE.c.customer_id.in_(chunk), PREFERENCE.c.key.in_(keys)
+        )
+        existing.update((cid, key) for cid, key in conn.execute(query))
+    updates = [
+        {**r, "b_customer_id": r["customer_id"], "b_key": r["key"]}
+        for r in rows
+        if (r["customer_id"], r["key"]) in existing
+    ]
+    inserts = [r for r in rows if (r["customer_id"], r["key"]) not in existing]
+    if updates:
+        conn.execute(_UPDATE_PREFERENCE, updates)
+    if inserts:
+        conn.execute(insert(PREFERENCE), inserts)
+    return len(rows)
+
+
+_UPDATE_PREFERENCE = update(PREFERENCE).where(
+    and_(PREFERENCE.c.customer_id == bindparam("b_customer_id"), PREFERENCE.c.key == bindparam("b_key"))
+)
+
+
+# -- usage ---------------------------------------------------------------------------------------
+
+
+def _allowance(spec: PlanSpec, metric: str) -> float | None:
+    """The plan's monthly allowance of ``metric`` as a number, None when unlimited."""
+    value = spec.allowance.get(metric, UNLIMITED)
+    return None if value == UNLIMITED else float(value)
+
+
+def _usage(
+    book: Sequence[Mapping[str, Any]], plans: Mapping[str, PlanSpec], periods: Sequence[int], seed: int
+) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """Usage in thousandths, shaped (customer, period, metric) in ``METRICS`` order.
+
+    Each customer has a level per metric, a lognormal share of the allowance (median 40%, about
+    one in six above it), that varies month to month; roaming is zero for most, and travellers
+    (more of them on travel plans) roam in about one month out of three.
+    """
+    rng = np.random.default_rng(seed)
+    n, months = len(book), len(periods)
+    quantity = np.zeros((n, months, len(METRICS)), dtype=np.float64)
+    reference = np.empty((n, 3))
+    travel_odds = np.empty(n)
+    for b, row in enumerate(book):
+        spec = plans[row["current_plan_id"]]
+        for k, metric in enumerate(METRICS[:3]):
+            reference[b, k] = _allowance(spec, metric) or _UNLIMITED_REFERENCE[metric]
+        travel_odds[b] = 0.6 if "intl_calls" in spec.perks else 0.25 if "eu_roaming" in spec.perks else 0.1
+    level = rng.lognormal(np.log(0.4), 0.85, size=(n, 1, 3))
+    wobble = rng.lognormal(0.0, 0.2, size=(n, months, 3))
+    quantity[:, :, :3] = reference[:, None, :] * level * wobble
+    traveller = rng.random(n) < travel_odds
+    trips = rng.random((n, months)) < 0.35
+    roaming = rng.lognormal(np.log(1.5), 0.8, size=(n, months))
+    quantity[:, :, 3] = np.where(traveller[:, None] & trips, roaming, 0.0)
+    # Minutes and texts are whole numbers; data is kept to the MB.
+    quantity[:, :, 1:3] = np.round(quantity[:, :, 1:3])
+    milli = np.round(quantity * 1000).astype(np.int64)
+    # Alex: about 2 GB a month of a 20 GB plan, a few calls and texts, never abroad.
+    alex = rng.normal(0, 1, size=months)
+    milli[0, :, 0] = (2100 + np.round(alex * 150)).astype(np.int64)
+    milli[0, :, 1] = (150 + np.round(alex * 20).astype(np.int64)) * 1000
+    milli[0, :, 2] = 40_000
+    milli[0, :, 3] = 0
+    return milli
+
+
+def _replace_usage(
+    conn: Connection,
+    ids: Sequence[int],
+    periods: Sequence[int],
+    usage: np.ndarray[Any, np.dtype[np.int64]],
+) -> int:
+    """Replace the customers' usage in ``periods`` (every metric); the number of rows written."""
+    for chunk in _chunks(ids):
+        conn.execute(delete(USAGE).where(USAGE.c.customer_id.in_(chunk), USAGE.c.period.in_(periods)))
+    rows = [
+        {"customer_id": cid, "period": period, "metric": metric, "quantity_milli": int(usage[b, m, k])}
+        for b, cid in enumerate(ids)
+        for m, period in enumerate(periods)
+        for k, metric in enumerate(METRICS)
+    ]
+    conn.execute(insert(USAGE), rows)
+    return len(rows)
+
+
+def _chunks(values: Sequence[int]) -> Iterable[list[int]]:
+    for start in range(0, len(values), _CHUNK):
+        yield list(values[start : start + _CHUNK])

@@ -411,6 +411,7 @@ def _usage_group(row: Mapping[str, str] | str) -> tuple[str | None, int | None]:
     return (row["external_id"][:64] or None), period
 
 
+_KEPT = "period kept as it was: line "
 _STAGING_COLUMNS = ("line", "external_id", "period", "metric", "quantity_milli", "reason")
 
 
@@ -461,7 +462,13 @@ def _settle_usage(conn: Connection, staging: Table) -> None:
     bad = staging.alias("bad")
     bad_line = (
         select(func.min(bad.c.line))
-        .where(bad.c.external_id == s.external_id, bad.c.period == s.period, bad.c.reason.is_not(None))
+        .where(
+            bad.c.external_id == s.external_id,
+            bad.c.period == s.period,
+            bad.c.reason.is_not(None),
+            # Only rows rejected on their own: SQLite sees this statement's own updates.
+            ~bad.c.reason.startswith(_KEPT),
+        )
         .scalar_subquery()
     )
     conn.execute(

@@ -49,10 +49,10 @@ def test_chat_twice_picks_up_at_the_next_unanswered_question(db_url: str, tmp_pa
 def test_demo_then_chat_as_the_demo_customer(db_url: str, tmp_path: Path) -> None:
     demo = rapport("demo", db_url=db_url, cwd=tmp_path)
     assert demo.returncode == 0, demo.stderr
-    assert "40 customers created" in demo.stdout
+    assert "300 customers created" in demo.stdout
     assert "rapport chat --phone +14155550100" in demo.stdout
     again = rapport("demo", db_url=db_url, cwd=tmp_path)
-    assert "0 customers created, 40 updated" in again.stdout
+    assert "0 customers created, 300 updated" in again.stdout
     chat = rapport("chat", "--phone", "+14155550100", db_url=db_url, cwd=tmp_path, stdin="hello\n")
     assert "Hi Alex!" in chat.stdout
     # A demo customer whose budget is on file is never asked for it.
