@@ -112,6 +112,47 @@ def run(
     )
 
 
+telegram_app = typer.Typer(help="The Telegram channel on its own (development).", invoke_without_command=True)
+app.add_typer(telegram_app, name="telegram")
+
+
+@telegram_app.callback()
+def telegram(ctx: typer.Context) -> None:
+    """Run the Telegram channel alone: long polling and the outbox, Ctrl-C to stop."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import asyncio
+
+    from bot.channels.telegram import run_telegram
+
+    runtime = _runtime()
+    try:
+        asyncio.run(run_telegram(runtime))
+    except ValueError as exc:
+        err.print(f"[red]Cannot start Telegram:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("Stopped.")
+
+
+@telegram_app.command("link-code")
+def telegram_link_code(
+    phone: Annotated[str, typer.Option(help="The customer's phone number.")],
+) -> None:
+    """A one-time link that joins a Telegram chat to the customer with this phone (valid 24 h)."""
+    import asyncio
+
+    from bot.channels.telegram import deep_link, new_link_code
+
+    runtime = _runtime()
+    try:
+        code = new_link_code(runtime, phone)
+    except (LookupError, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(asyncio.run(deep_link(runtime, code)))
+
+
 @app.command()
 def demo() -> None:
     """Load demo customers into the configured database, then say what to try."""

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.channels.base import ChannelService
+from bot.channels.telegram import resolve_mode
 from bot.settings import Settings
 
 
@@ -25,8 +26,7 @@ def components(
     running = {s.name for s in services}
     public = settings.public_base_url or f"http://{host}:{port}"
     if "telegram" in running:
-        mode = "webhook" if settings.public_base_url and settings.telegram_mode != "polling" else "polling"
-        telegram = Component("telegram", True, f"{mode} mode")
+        telegram = Component("telegram", True, f"{resolve_mode(settings)} mode")
     else:
         telegram = Component("telegram", False, "set TELEGRAM_BOT_TOKEN to turn it on")
     if "sms" in running:

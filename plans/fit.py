@@ -31,7 +31,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, Select, bindparam, case, literal, select
 
 from storage.tables import CUSTOMER, PLAN, PREFERENCE, USAGE
 
@@ -229,8 +229,9 @@ def usage_batch(
 ) -> UsageBatch:
     """Arrange (customer_id, period, metric, quantity_milli) rows, in any order, into a batch.
 
-    Rows of customers not in ``customer_ids`` are ignored, and so are metrics no plan prices
-    (they still count towards which periods are the latest).
+    ``metric`` is a name, or its index in ``metrics`` (-1 for others) as :func:`usage_query`
+    selects it. Rows of customers not in ``customer_ids`` are ignored, and so are metrics no plan
+    prices (they still count towards which periods are the latest).
     """
     ids = np.asarray(customer_ids, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
@@ -242,9 +243,12 @@ def usage_batch(
     cid = np.fromiter((r[0] for r in table), dtype=np.int64, count=len(table))
     period = np.fromiter((r[1] for r in table), dtype=np.int64, count=len(table))
     qty = np.fromiter((r[3] for r in table), dtype=np.int64, count=len(table))
-    names, name_index = np.unique(np.array([r[2] for r in table], dtype=object), return_inverse=True)
-    lookup = {m: k for k, m in enumerate(metrics)}
-    metric = np.array([lookup.get(str(n), -1) for n in names], dtype=np.int64)[name_index]
+    if isinstance(table[0][2], str):
+        names, name_index = np.unique(np.array([r[2] for r in table], dtype=object), return_inverse=True)
+        lookup = {m: k for k, m in enumerate(metrics)}
+        metric = np.array([lookup.get(str(n), -1) for n in names], dtype=np.int64)[name_index]
+    else:  # already coded by the query (see usage_query): the index in ``metrics``, or -1
+        metric = np.fromiter((r[2] for r in table), dtype=np.int64, count=len(table))
     # Position of each row's customer in the batch (rows of other customers drop out).
     sorted_ids = ids[order]
     slot = np.minimum(np.searchsorted(sorted_ids, cid), len(ids) - 1)
@@ -304,10 +308,15 @@ def fit_batch(
     current: Sequence[str | None],
     needs: Sequence[Needs],
     config: FitConfig = FitConfig(),
+    *,
+    with_usage: bool = True,
 ) -> list[Fit]:
-    """The fit for every customer in ``batch`` (``current`` and ``needs`` in the same order)."""
+    """The fit for every customer in ``batch`` (``current`` and ``needs`` in the same order).
+
+    ``with_usage=False`` leaves ``Fit.usage`` empty (a bulk report has no use for it).
+    """
     result = _fit_arrays(catalog, batch, current, needs, config)
-    return [result.fit(b) for b in range(len(batch.customer_ids))]
+    return [result.fit(b, with_usage=with_usage) for b in range(len(batch.customer_ids))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +330,7 @@ class _Result:
     suggest: Bools
     reason: list[Reason]
 
-    def fit(self, b: int) -> Fit:
+    def fit(self, b: int, *, with_usage: bool = True) -> Fit:
         n = int(self.batch.months[b])
         cur, best = int(self.current[b]), int(self.best[b])
         plans = self.catalog.plans
@@ -338,7 +347,7 @@ class _Result:
             suggest=bool(self.suggest[b]),
             reason=self.reason[b],
             months=n,
-            usage=self.batch.mean(b, self.catalog.metrics),
+            usage=self.batch.mean(b, self.catalog.metrics) if with_usage else {},
         )
 
 
@@ -437,9 +446,17 @@ def fit_customers(
     return fit_batch(catalog, batch, [c[1] for c in customers], [c[2] for c in customers], config)
 
 
-_USAGE_BETWEEN = select(USAGE.c.customer_id, USAGE.c.period, USAGE.c.metric, USAGE.c.quantity_milli).where(
-    USAGE.c.customer_id.between(bindparam("lo"), bindparam("hi"))
-)
+def usage_query(metrics: Sequence[str]) -> Select[Any]:
+    """Usage rows with the metric coded as its index in ``metrics`` (-1 for others), for
+    customers with ids between the parameters ``lo`` and ``hi``: integers only, fast to load."""
+    code = (
+        case({m: i for i, m in enumerate(metrics)}, value=USAGE.c.metric, else_=-1)
+        if metrics
+        else literal(-1)
+    )
+    return select(USAGE.c.customer_id, USAGE.c.period, code, USAGE.c.quantity_milli).where(
+        USAGE.c.customer_id.between(bindparam("lo"), bindparam("hi"))
+    )
 
 
 def fit_book(
@@ -450,13 +467,16 @@ def fit_book(
     *,
     external_id: str | None = None,
     batch_size: int = 20_000,
+    with_usage: bool = False,
 ) -> Iterator[tuple[str | None, Fit]]:
     """(external id, fit) for every customer (or the one with ``external_id``), in id order.
 
     Reads customers, their hard preferences (the preference keys in ``roles``) and usage a batch
-    of ids at a time, so memory stays flat however large the book is.
+    of ids at a time, so memory stays flat however large the book is. ``Fit.usage`` (the mean
+    usage per metric) is filled in only ``with_usage``.
     """
     config = config or FitConfig()
+    usage_of = usage_query(catalog.metrics)
     for customers in iter_customers(conn, batch_size=batch_size, external_id=external_id):
         lo, hi = customers[0][0], customers[-1][0]
         answers: dict[int, dict[str, Any]] = {}
@@ -469,10 +489,10 @@ def fit_book(
             for cid, key, value in prefs:
                 answers.setdefault(cid, {})[key] = value
         ids = [c[0] for c in customers]
-        rows = conn.execute(_USAGE_BETWEEN, {"lo": lo, "hi": hi})
+        rows = conn.execute(usage_of, {"lo": lo, "hi": hi}).all()  # one fetch, not row by row
         batch = usage_batch(ids, rows, catalog.metrics, config.lookback)
         needs = [needs_from(answers.get(cid, {}), roles) for cid in ids]
-        fits = fit_batch(catalog, batch, [c[2] for c in customers], needs, config)
+        fits = fit_batch(catalog, batch, [c[2] for c in customers], needs, config, with_usage=with_usage)
         yield from zip((c[1] for c in customers), fits, strict=True)
 
 

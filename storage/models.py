@@ -293,3 +293,6 @@ class PlanDecline(SQLModel, table=True):
         default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="SET NULL"), nullable=True)
     )
     declined_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+import storage.link_models  # noqa: E402, F401  (registers the link_code table)

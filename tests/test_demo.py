@@ -38,7 +38,7 @@ def snapshot(db: Engine) -> dict[str, list[tuple[Any, ...]]]:
 
 def fits(db: Engine) -> dict[str | None, Fit]:
     with db.connect() as conn:
-        return dict(fit_book(conn, load_catalog(conn), roles={}))
+        return dict(fit_book(conn, load_catalog(conn), roles={}, with_usage=True))
 
 
 def test_demo_periods_are_the_months_before_now() -> None:

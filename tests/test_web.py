@@ -16,6 +16,7 @@ def test_healthz_reports_the_database(db_url: str) -> None:
     runtime = build_runtime(Settings(database_url=db_url, _env_file=None))
     with TestClient(create_app(runtime)) as client:
         response = client.get("/healthz")
+    runtime.db.dispose()
     assert response.status_code == 200
     db = response.json()["database"]
     assert db["ok"] is True and db["revision"] == db["head"]
@@ -29,5 +30,7 @@ def test_healthz_is_503_when_the_schema_is_missing(tmp_path: Path) -> None:
     )
     with TestClient(create_app(empty)) as client:
         response = client.get("/healthz")
+    runtime.db.dispose()
+    empty.db.dispose()
     assert response.status_code == 503
     assert response.json()["database"]["revision"] is None

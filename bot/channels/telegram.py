@@ -1,0 +1,751 @@
+"""The Telegram channel: long polling or a webhook, inline buttons, deep-link linking, rate limits.
+
+Inbound: every update becomes at most one :class:`~dialogs.engine.Inbound` (a message by its
+``chat:message_id``, a button press by its callback-query id, so a redelivered update is a
+duplicate to the engine). Outbound: replies are outbox rows; this channel delivers a turn's
+replies at once, one chat after another in order but chats in parallel, and the outbox loop
+retries the rest. :class:`ChatRateLimiter` keeps to Telegram's limits (overall and per chat)
+and slows down only the chat that got a 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import phonenumbers
+from fastapi import APIRouter, Request, Response
+from telegram import (
+    Bot,
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    MenuButtonCommands,
+    Message,
+    ReplyKeyboardMarkup,
+    ReplyKeyboardRemove,
+    Update,
+)
+from telegram.constants import ChatType
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
+from telegram.request import HTTPXRequest
+from telegram.warnings import PTBDeprecationWarning
+
+from bot.runtime import Runtime
+from bot.settings import Settings
+from dialogs.engine import Inbound, ReplyOption
+from schedulers.delivery import Outbox, Outgoing, SendError
+from storage.db import transaction
+from storage.links import (
+    LinkOutcome,
+    customer_by_phone,
+    customer_of,
+    link_address,
+    link_code_for_phone,
+    redeem_link_code,
+    set_phone_if_missing,
+)
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "telegram"
+WEBHOOK_PATH = "/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+MAX_TEXT = 4096  # Telegram's limit for one message, in UTF-16 code units
+MAX_CALLBACK_DATA = 64  # bytes
+INLINE_RETRY_MAX = 5.0  # a 429 asking to wait at most this long is waited out within the send
+ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
+COMMANDS = (
+    ("start", "Start or pick up where we left off"),
+    ("help", "What I can do"),
+    ("profile", "What I know about you"),
+    ("link", "Link this chat to your account by phone number"),
+    ("stop", "Stop all messages"),
+)
+
+EDITED = "I only see new messages, not edits: please send your answer again as a new message."
+GROUPS = "I only talk in private chats: open a chat with me to get started."
+LINK_PROMPT = "To link this chat to your account, tap the button below to share your phone number."
+LINKED = "Thanks! This chat is now linked to your account."
+NOT_OWN_CONTACT = "I can only link your own phone number: please use the button from /link."
+BAD_CODE = "That link has expired or was already used. Ask us for a new one; meanwhile, let's carry on."
+NO_MATCH = "Thanks, I've noted your number."
+
+Mode = Literal["polling", "webhook"]
+
+
+# -- outbound: splitting, buttons, rate limits ---------------------------------------------------
+
+
+def _u16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """``text`` in parts of at most ``limit`` UTF-16 units, cut at a paragraph, line or word
+    boundary where one is in the second half of the part, else mid-word."""
+    parts: list[str] = []
+    rest = text
+    while _u16(rest) > limit:
+        # The longest prefix that fits (code points outside the BMP count twice).
+        end = min(len(rest), limit)
+        while _u16(rest[:end]) > limit:
+            end -= 1
+        head = rest[:end]
+        cut = -1
+        for sep in ("\n\n", "\n", " "):
+            at = head.rfind(sep)
+            if at >= end // 2:
+                cut = at
+                break
+        if cut == -1:
+            parts.append(head)
+            rest = rest[end:]
+        else:
+            parts.append(head[:cut].rstrip())
+            rest = rest[cut:].lstrip()
+    if rest or not parts:
+        parts.append(rest)
+    return [p for p in parts if p] or [""]
+
+
+def keyboard(options: Sequence[ReplyOption]) -> InlineKeyboardMarkup | None:
+    """Inline buttons for the options (one per row), or None when there are none or a value is
+    too long to be a button's callback data (the text still lists the question)."""
+    if not options:
+        return None
+    if any(len(o.value.encode()) > MAX_CALLBACK_DATA for o in options):
+        log.warning("an option value is longer than %d bytes: sending without buttons", MAX_CALLBACK_DATA)
+        return None
+    return InlineKeyboardMarkup([[InlineKeyboardButton(o.label, callback_data=o.value)] for o in options])
+
+
+class ChatRateLimiter:
+    """Spaces sends: ``per_second`` overall and ``per_chat`` per chat, and holds back one chat
+    for as long as Telegram asked (429 ``retry_after``) without slowing the others."""
+
+    def __init__(
+        self, per_second: float, per_chat: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.global_gap = 1.0 / per_second
+        self.chat_gap = 1.0 / per_chat
+        self.clock = clock
+        self._global_next = 0.0
+        self._chat_next: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, chat: str) -> AsyncIterator[None]:
+        """Wait for this chat's turn, then for an overall slot; one send per chat at a time."""
+        lock = self._locks.setdefault(chat, asyncio.Lock())
+        async with lock:
+            delay = self._chat_next.get(chat, 0.0) - self.clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # The overall slot is taken only now, so a chat that waits does not hold one up.
+            now = self.clock()
+            start = max(now, self._global_next)
+            self._global_next = start + self.global_gap
+            if start > now:
+                await asyncio.sleep(start - now)
+            try:
+                yield
+            finally:
+                after = self.clock() + self.chat_gap
+                self._chat_next[chat] = max(self._chat_next.get(chat, 0.0), after)
+        self._prune()
+
+    def hold(self, chat: str, seconds: float) -> None:
+        """Send nothing to ``chat`` for ``seconds``."""
+        self._chat_next[chat] = max(self._chat_next.get(chat, 0.0), self.clock() + seconds)
+
+    def held_for(self, chat: str) -> float:
+        """Seconds until ``chat`` may get a message again."""
+        return max(0.0, self._chat_next.get(chat, 0.0) - self.clock())
+
+    def _prune(self) -> None:
+        if len(self._locks) < 1024:
+            return
+        now = self.clock()
+        for chat in [c for c, lk in self._locks.items() if not lk.locked()]:
+            if self._chat_next.get(chat, 0.0) <= now:
+                self._locks.pop(chat, None)
+                self._chat_next.pop(chat, None)
+
+
+def _seconds(exc: RetryAfter) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class TelegramSender:
+    """Sends outbox messages to Telegram chats (the ``address`` is the chat id)."""
+
+    channel = CHANNEL
+
+    def __init__(self, bot: Bot, limiter: ChatRateLimiter) -> None:
+        self.bot = bot
+        self.limiter = limiter
+
+    async def send(self, message: Outgoing) -> str | None:
+        """Send ``message`` (split if long, buttons on the last part); the last part's id."""
+        try:
+            chat_id = int(message.address)
+        except ValueError:
+            raise SendError(f"{message.address!r} is not a Telegram chat id", retryable=False) from None
+        held = self.limiter.held_for(message.address)
+        if held > INLINE_RETRY_MAX:
+            # Waiting here would stall the outbox loop for every chat: try again later instead.
+            raise SendError(f"chat on hold for {held:.0f} s (rate limited)", retryable=True, retry_after=held)
+        parts = split_text(message.text)
+        markup = keyboard(message.options)
+        sent: Message | None = None
+        for i, part in enumerate(parts):
+            sent = await self._send_one(chat_id, part, markup if i == len(parts) - 1 else None)
+        return str(sent.message_id) if sent is not None else None
+
+    async def notice(
+        self, chat_id: int, text: str, markup: ReplyKeyboardMarkup | ReplyKeyboardRemove | None = None
+    ) -> None:
+        """A short service note outside the dialogue (best effort: failures are logged)."""
+        try:
+            await self._send_one(chat_id, text, markup)
+        except SendError as exc:
+            log.warning("a notice to chat %d was not sent: %s", chat_id, exc.reason)
+
+    async def _send_one(
+        self,
+        chat_id: int,
+        text: str,
+        markup: InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove | None,
+    ) -> Message:
+        chat = str(chat_id)
+        wait = 0.0
+        for _ in range(3):
+            async with self.limiter.slot(chat):
+                try:
+                    return await self.bot.send_message(chat_id, text, reply_markup=markup)
+                except RetryAfter as exc:
+                    wait = _seconds(exc)
+                    self.limiter.hold(chat, wait)
+                    log.warning("Telegram asked to wait %.1f s before writing to chat %s", wait, chat)
+                    if wait > INLINE_RETRY_MAX:
+                        raise SendError(
+                            f"rate limited: retry after {wait:.0f} s", retryable=True, retry_after=wait
+                        ) from None
+                except Forbidden as exc:  # the user blocked the bot, or left
+                    raise SendError(f"forbidden: {exc.message}", retryable=False) from None
+                except (BadRequest, ChatMigrated, InvalidToken) as exc:
+                    raise SendError(f"{type(exc).__name__}: {exc.message}", retryable=False) from None
+                except TelegramError as exc:  # NetworkError, TimedOut, 5xx
+                    raise SendError(f"{type(exc).__name__}: {exc.message}", retryable=True) from None
+        raise SendError("rate limited repeatedly", retryable=True, retry_after=wait)
+
+
+# -- the service ---------------------------------------------------------------------------------
+
+
+def resolve_mode(settings: Settings) -> Mode:
+    """``TELEGRAM_MODE``, with ``auto`` meaning webhook when a public URL is set."""
+    if settings.telegram_mode != "auto":
+        return settings.telegram_mode
+    return "webhook" if settings.public_base_url else "polling"
+
+
+def make_bot(settings: Settings) -> Bot:
+    """A :class:`telegram.Bot` for ``TELEGRAM_API_BASE_URL`` (a server root, as
+    ``https://api.telegram.org``: requests go to ``<root>/bot<token>/<method>``)."""
+    if settings.telegram_bot_token is None:
+        raise ValueError("TELEGRAM_BOT_TOKEN is not set")
+    root = settings.telegram_api_base_url.rstrip("/")
+    return Bot(
+        settings.telegram_bot_token.get_secret_value(),
+        base_url=root + "/bot{token}",
+        base_file_url=root + "/file/bot{token}",
+        request=HTTPXRequest(connection_pool_size=32, pool_timeout=10.0, read_timeout=15.0),
+        get_updates_request=HTTPXRequest(read_timeout=10.0),
+    )
+
+
+class TelegramService:
+    """The Telegram channel as ``rapport run`` runs it (see :class:`bot.channels.base.ChannelService`)."""
+
+    name = CHANNEL
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        bot: Bot,
+        *,
+        mode: Mode,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        delete_webhook_on_stop: bool = False,
+        poll_timeout: float = 25.0,
+        idle_delay: float = 1.0,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        if mode == "webhook" and not (webhook_url and webhook_secret):
+            raise ValueError("webhook mode needs PUBLIC_BASE_URL and TELEGRAM_WEBHOOK_SECRET")
+        self.runtime = runtime
+        self.bot = bot
+        self.mode: Mode = mode
+        self.webhook_url = webhook_url
+        self.webhook_secret = webhook_secret
+        self.delete_webhook_on_stop = delete_webhook_on_stop
+        self.poll_timeout = poll_timeout
+        self.idle_delay = idle_delay
+        self.drain_timeout = drain_timeout
+        settings = runtime.settings
+        self.limiter = ChatRateLimiter(settings.telegram_rate_per_second, settings.telegram_rate_per_chat)
+        self._sender = TelegramSender(bot, self.limiter)
+        self.outbox = Outbox(runtime.db, {CHANNEL: self._sender}, runtime.dialog.reply_options)
+        self._poller: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._chat_locks: dict[str, asyncio.Lock] = {}
+        self._chat_users: dict[str, int] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()  # update ids of notes sent (no DB row)
+        self._offset: int | None = None
+
+    @property
+    def sender(self) -> TelegramSender:
+        return self._sender
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, set the command menu, then register the webhook or start polling."""
+        try:
+            await self.bot.initialize()
+        except InvalidToken as exc:
+            raise ValueError(f"Telegram rejected TELEGRAM_BOT_TOKEN: {exc.message}") from exc
+        except TelegramError as exc:
+            log.warning("Telegram is not reachable yet (%s); carrying on", exc)
+        await self._optional(
+            "setMyCommands", self.bot.set_my_commands([BotCommand(c, d) for c, d in COMMANDS])
+        )
+        await self._optional(
+            "setChatMenuButton", self.bot.set_chat_menu_button(menu_button=MenuButtonCommands())
+        )
+        if self.mode == "webhook":
+            assert self.webhook_url is not None
+            # Without its webhook the bot hears nothing: a failure here must be loud.
+            await self.bot.set_webhook(
+                url=self.webhook_url, secret_token=self.webhook_secret, allowed_updates=ALLOWED_UPDATES
+            )
+            log.info("Telegram webhook registered at %s", self.webhook_url)
+        else:
+            # getUpdates fails while a webhook is set.
+            await self._optional("deleteWebhook", self.bot.delete_webhook())
+            self._poller = asyncio.create_task(self._poll(), name="telegram-polling")
+            log.info("Telegram long polling started")
+
+    async def stop(self) -> None:
+        """Stop polling, let pending sends finish (or leave them queued), remove the webhook if
+        asked to, and close the HTTP connections."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+            if self._offset is not None:  # tell Telegram what was handled, or it comes again
+                await self._optional("getUpdates", self.bot.get_updates(offset=self._offset, timeout=0))
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=self.drain_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("%d Telegram deliveries did not finish in time", len(late))
+        if self.mode == "webhook" and self.delete_webhook_on_stop:
+            await self._optional("deleteWebhook", self.bot.delete_webhook())
+        with contextlib.suppress(TelegramError):
+            await self.bot.shutdown()
+
+    async def _optional(self, what: str, call: Awaitable[object]) -> None:
+        try:
+            await call
+        except TelegramError as exc:
+            log.warning("Telegram %s failed (%s); carrying on without it", what, exc)
+
+    # -- polling -------------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        backoff = 1.0
+        while True:
+            asked = time.monotonic()
+            try:
+                updates = await self.bot.get_updates(
+                    offset=self._offset,
+                    timeout=timedelta(seconds=self.poll_timeout),
+                    allowed_updates=ALLOWED_UPDATES,
+                )
+            except InvalidToken:
+                log.error("Telegram rejected the bot token: polling stops")
+                return
+            except (NetworkError, Conflict) as exc:  # Conflict: another poller, or a webhook
+                log.warning("getUpdates failed (%s); retrying in %.0f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            except TelegramError as exc:
+                log.warning("getUpdates failed (%s); retrying in %.0f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            backoff = 1.0
+            if not updates and time.monotonic() - asked < min(self.poll_timeout / 2, 1.0):
+                # The server answered at once (no long polling): do not spin.
+                await asyncio.sleep(self.idle_delay)
+            for update in updates:
+                await self.process_update(update)
+                self._offset = max(self._offset or 0, update.update_id + 1)
+
+    # -- webhook -------------------------------------------------------------------------
+
+    def router(self) -> APIRouter | None:
+        """``POST /telegram/webhook`` (webhook mode only)."""
+        if self.mode != "webhook":
+            return None
+        router = APIRouter()
+
+        @router.post(WEBHOOK_PATH, include_in_schema=False)
+        async def telegram_webhook(request: Request) -> Response:
+            return await self.handle_webhook(request)
+
+        return router
+
+    async def handle_webhook(self, request: Request) -> Response:
+        """403 without the right secret, 400 for what is not an update, 503 to have Telegram
+        deliver it again when it could not be handled, else 200."""
+        client = request.client.host if request.client else "?"
+        secret = request.headers.get(SECRET_HEADER, "")
+        assert self.webhook_secret is not None
+        if not hmac.compare_digest(secret.encode(), self.webhook_secret.encode()):
+            log.warning("Telegram webhook call from %s refused: wrong or missing secret token", client)
+            return Response(status_code=403)
+        body = await request.body()
+        try:
+            data = json.loads(body)
+            if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+                raise ValueError("not a Telegram update")
+            update = Update.de_json(data, self.bot)
+        except Exception as exc:
+            log.warning("Telegram webhook call from %s refused: malformed update (%s)", client, exc)
+            return Response(status_code=400)
+        ok = await self.process_update(update)
+        return Response(status_code=200 if ok else 503)
+
+    # -- updates -------------------------------------------------------------------------
+
+    async def process_update(self, update: Update) -> bool:
+        """Handle one update; False (logged) when it failed and should come again."""
+        try:
+            await self._dispatch(update)
+        except Exception:
+            log.exception("Telegram update %d could not be handled", update.update_id)
+            return False
+        return True
+
+    async def _dispatch(self, update: Update) -> None:
+        if update.callback_query is not None:
+            await self._on_button(update)
+            return
+        message = update.message
+        if message is None:
+            edited = update.edited_message
+            if edited is not None and edited.chat.type == ChatType.PRIVATE:
+                self._note_once(f"u{update.update_id}", edited.chat.id, EDITED)
+            return  # anything else (channel posts, membership changes) needs no answer
+        chat = message.chat
+        if chat.type != ChatType.PRIVATE:
+            if (message.text or "").startswith("/"):
+                self._note_once(f"u{update.update_id}", chat.id, GROUPS)
+            return
+        if message.contact is not None:
+            await self._on_contact(update, message)
+            return
+        text = message.text or ""
+        command, _, argument = text.partition(" ")
+        command = command.split("@", 1)[0].lower() if command.startswith("/") else ""
+        if command == "/link":
+            markup = ReplyKeyboardMarkup(
+                [[KeyboardButton("Share my phone number", request_contact=True)]],
+                one_time_keyboard=True,
+                resize_keyboard=True,
+            )
+            self._note_once(f"u{update.update_id}", chat.id, LINK_PROMPT, markup)
+            return
+        if command == "/start" and argument.strip():
+            await self._on_deep_link(message, argument.strip())
+            return
+        if command:
+            text = command + (" " + argument if argument else "")  # "/help@RapportBot" -> "/help"
+        # Stickers, photos, voice...: an empty message, which the engine answers by asking again.
+        await self._turn(self._inbound(message, text))
+
+    def _inbound(
+        self, message: Message, text: str, *, choice: str | None = None, phone: str | None = None
+    ) -> Inbound:
+        user = message.from_user
+        name = user.full_name if user is not None else None
+        return Inbound(
+            channel=CHANNEL,
+            address=str(message.chat.id),
+            text=text,
+            provider_id=f"{message.chat.id}:{message.message_id}",
+            choice=choice,
+            phone=phone,
+            name=name,
+            received_at=message.date.astimezone(UTC) if message.date else None,
+        )
+
+    async def _turn(self, inbound: Inbound) -> bool:
+        """Run the engine and deliver its replies in the background; True if it was new."""
+        result = await asyncio.to_thread(self.runtime.dialog.handle, inbound)
+        self._deliver(inbound.address, [r.message_id for r in result.replies])
+        return not result.duplicate
+
+    async def _on_button(self, update: Update) -> None:
+        query = update.callback_query
+        assert query is not None
+        message = query.message
+        data = query.data
+        if not isinstance(message, Message) or message.chat.type != ChatType.PRIVATE or data is None:
+            await self._optional("answerCallbackQuery", query.answer())
+            return
+        label = _button_label(message, data) or data
+        inbound = Inbound(
+            channel=CHANNEL,
+            address=str(message.chat.id),
+            text=label,
+            provider_id=f"cb:{query.id}",
+            choice=data,
+            name=query.from_user.full_name,
+            received_at=datetime.now(UTC),
+        )
+        result = await asyncio.to_thread(self.runtime.dialog.handle, inbound)
+        await self._optional("answerCallbackQuery", query.answer())
+        if not result.duplicate and message.text:
+            await self._optional(
+                "editMessageText",
+                self.bot.edit_message_text(
+                    f"{message.text}\n\n» {label}", chat_id=message.chat.id, message_id=message.message_id
+                ),
+            )
+        self._deliver(inbound.address, [r.message_id for r in result.replies])
+
+    async def _on_deep_link(self, message: Message, code: str) -> None:
+        """``/start CODE``: join the customer the code was made for, then greet as ``/start``."""
+        address = str(message.chat.id)
+
+        def link() -> LinkOutcome | None:
+            with transaction(self.runtime.db) as session:
+                customer = redeem_link_code(session, code=code, used_by=f"{CHANNEL}:{address}")
+                if customer is None:
+                    return None
+                return link_address(session, channel=CHANNEL, address=address, customer_id=customer)
+
+        outcome = await asyncio.to_thread(link)
+        log.info("deep link in chat %s: %s", address, outcome or "invalid code")
+        if outcome is None:
+            self._note_once(f"{address}:{message.message_id}", message.chat.id, BAD_CODE)
+        await self._turn(self._inbound(message, "/start"))
+
+    async def _on_contact(self, update: Update, message: Message) -> None:
+        """A shared contact links by phone number, but only the sender's own contact."""
+        contact = message.contact
+        user = message.from_user
+        assert contact is not None
+        if user is None or contact.user_id != user.id:
+            self._note_once(f"u{update.update_id}", message.chat.id, NOT_OWN_CONTACT, ReplyKeyboardRemove())
+            return
+        phone = _e164(contact.phone_number)
+        if phone is None:
+            self._note_once(f"u{update.update_id}", message.chat.id, NOT_OWN_CONTACT, ReplyKeyboardRemove())
+            return
+        address = str(message.chat.id)
+
+        def link() -> LinkOutcome | None:
+            with transaction(self.runtime.db) as session:
+                target = customer_by_phone(session, phone=phone)
+                if target is None:
+                    own = customer_of(session, channel=CHANNEL, address=address)
+                    if own is not None:
+                        set_phone_if_missing(session, customer_id=own, phone=phone)
+                    return None
+                return link_address(session, channel=CHANNEL, address=address, customer_id=target)
+
+        outcome = await asyncio.to_thread(link)
+        note = NO_MATCH if outcome is None else LINKED
+        self._note_once(f"u{update.update_id}", message.chat.id, note, ReplyKeyboardRemove())
+        await self._turn(self._inbound(message, "/start", phone=phone))
+
+    # -- delivery ------------------------------------------------------------------------
+
+    def _background(self, chat: str, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` after the chat's earlier jobs (chats run in parallel)."""
+        lock = self._chat_locks.setdefault(chat, asyncio.Lock())
+        self._chat_users[chat] = self._chat_users.get(chat, 0) + 1
+
+        async def run() -> None:
+            try:
+                async with lock:
+                    await job()
+            except Exception:
+                log.exception("a Telegram delivery to chat %s failed", chat)
+            finally:
+                self._chat_users[chat] -= 1
+                if not self._chat_users[chat]:
+                    del self._chat_users[chat], self._chat_locks[chat]
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _deliver(self, chat: str, message_ids: Sequence[int]) -> None:
+        if not message_ids:
+            return
+
+        async def job() -> None:
+            for message_id in sorted(message_ids):
+                if self.limiter.held_for(chat) > INLINE_RETRY_MAX:
+                    return  # a long 429 for this chat: the outbox loop sends the rest, in order
+                await self.outbox.deliver([message_id])
+
+        self._background(chat, job)
+
+    def _note_once(
+        self,
+        key: str,
+        chat_id: int,
+        text: str,
+        markup: ReplyKeyboardMarkup | ReplyKeyboardRemove | None = None,
+    ) -> None:
+        """A service note outside the dialogue (no outbox row), sent once per ``key`` in this
+        process, so a redelivered update does not repeat it."""
+        if key in self._seen:
+            return
+        self._seen[key] = None
+        while len(self._seen) > 4096:
+            self._seen.popitem(last=False)
+
+        async def job() -> None:
+            await self._sender.notice(chat_id, text, markup)
+
+        self._background(str(chat_id), job)
+
+
+def _button_label(message: Message, data: str) -> str | None:
+    markup = message.reply_markup
+    if markup is None:
+        return None
+    for row in markup.inline_keyboard:
+        for button in row:
+            if button.callback_data == data:
+                return button.text
+    return None
+
+
+def _e164(raw: str) -> str | None:
+    """A contact's phone number (Telegram sends digits, sometimes without '+') as E.164."""
+    digits = raw.strip()
+    if not digits.startswith("+"):
+        digits = "+" + digits
+    try:
+        number = phonenumbers.parse(digits, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def build_telegram_service(
+    runtime: Runtime, *, mode: Mode | None = None, **options: float
+) -> TelegramService | None:
+    """The Telegram channel as configured, or None without ``TELEGRAM_BOT_TOKEN``.
+
+    ``mode`` overrides ``TELEGRAM_MODE``; ``options`` are :class:`TelegramService` timings.
+    """
+    settings = runtime.settings
+    if settings.telegram_bot_token is None:
+        return None
+    mode = mode or resolve_mode(settings)
+    webhook_url = None
+    if mode == "webhook":
+        if not settings.public_base_url:
+            raise ValueError("TELEGRAM_MODE=webhook needs PUBLIC_BASE_URL (the bot's public https URL)")
+        if settings.telegram_webhook_secret is None:
+            raise ValueError("TELEGRAM_MODE=webhook needs TELEGRAM_WEBHOOK_SECRET")
+        webhook_url = settings.public_base_url.rstrip("/") + WEBHOOK_PATH
+    secret = settings.telegram_webhook_secret
+    return TelegramService(
+        runtime,
+        make_bot(settings),
+        mode=mode,
+        webhook_url=webhook_url,
+        webhook_secret=secret.get_secret_value() if secret is not None else None,
+        delete_webhook_on_stop=settings.telegram_delete_webhook_on_stop,
+        **options,
+    )
+
+
+async def run_telegram(runtime: Runtime, *, stop: asyncio.Event | None = None) -> None:
+    """``rapport telegram``: long polling and the outbox loop until ``stop`` (or Ctrl-C)."""
+    from bot.web import make_outbox  # the web module needs nothing from here: no cycle
+
+    if runtime.settings.public_base_url:
+        log.warning("PUBLIC_BASE_URL is set, but `rapport telegram` polls: this removes the webhook")
+    service = build_telegram_service(runtime, mode="polling")
+    if service is None:
+        raise ValueError("set TELEGRAM_BOT_TOKEN (from @BotFather) to run the Telegram bot")
+    outbox = make_outbox(runtime, [service])
+    stop = stop or asyncio.Event()
+    await service.start()
+    sending = asyncio.create_task(outbox.run(stop=stop))
+    try:
+        await stop.wait()
+    finally:
+        stop.set()
+        await sending
+        await service.stop()
+
+
+def new_link_code(runtime: Runtime, phone: str) -> str:
+    """A deep-link code for the customer with ``phone`` (LookupError if none)."""
+    from bot.channels.terminal import normalize_phone
+
+    e164 = normalize_phone(phone, runtime.settings.default_region)
+    with transaction(runtime.db) as session:
+        return link_code_for_phone(session, phone=e164)
+
+
+async def deep_link(runtime: Runtime, code: str) -> str:
+    """``https://t.me/<bot>?start=<code>``, or ``/start <code>`` when Telegram is unreachable."""
+    try:
+        async with make_bot(runtime.settings) as bot:
+            return f"https://t.me/{bot.username}?start={code}"
+    except TelegramError as exc:
+        log.warning("could not ask Telegram for the bot's name (%s)", exc)
+        return f"/start {code}"
