@@ -47,7 +47,7 @@ import numpy.typing as npt
 import psycopg
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, event, insert, text
+from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
 import plans.fit as fit
@@ -333,20 +333,24 @@ def _maxrss() -> int:
 
 def _instrument(timers: dict[str, float], limit: int | None) -> None:
     """Wrap plans.fit's steps with timers (fit_book looks them up in its module at each call)."""
-    usage_batch, fit_batch, fit_arrays, iter_customers = (
+    read_usage, usage_batch, fit_batch, fit_arrays, iter_customers = (
+        fit.read_usage,
         fit.usage_batch,
         fit.fit_batch,
         fit._fit_arrays,
         fit.iter_customers,
     )
 
+    def timed_read_usage(*args: Any) -> Any:
+        t0 = time.perf_counter()
+        rows = read_usage(*args)
+        timers["load: query and fetch usage rows"] += time.perf_counter() - t0
+        return rows
+
     def timed_usage_batch(ids: Any, rows: Any, metrics: Any, lookback: int) -> fit.UsageBatch:
         t0 = time.perf_counter()
-        table = list(rows)
-        t1 = time.perf_counter()
-        batch = usage_batch(ids, table, metrics, lookback)
-        timers["load: fetch usage rows"] += t1 - t0
-        timers["load: arrange (usage_batch)"] += time.perf_counter() - t1
+        batch = usage_batch(ids, rows, metrics, lookback)
+        timers["load: arrange (usage_batch)"] += time.perf_counter() - t0
         return batch
 
     def timed_fit_batch(*args: Any, **kwargs: Any) -> list[fit.Fit]:
@@ -374,6 +378,7 @@ def _instrument(timers: dict[str, float], limit: int | None) -> None:
             yield batch
 
     wrappers = {
+        "read_usage": timed_read_usage,
         "usage_batch": timed_usage_batch,
         "fit_batch": timed_fit_batch,
         "_fit_arrays": timed_fit_arrays,
@@ -388,15 +393,6 @@ def run_fit(url: str, n: int, batch_size: int, profile: int | None) -> dict[str,
     timers: dict[str, float] = defaultdict(float)
     _instrument(timers, profile)
     engine = make_engine(url)
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def _before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-        conn.info["bench_t0"] = time.perf_counter()
-
-    @event.listens_for(engine, "after_cursor_execute")
-    def _after(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-        if "FROM usage" in statement:
-            timers["load: execute usage query"] += time.perf_counter() - conn.info.pop("bench_t0")
 
     wanted = set(sample_ids(n))
     sample: dict[int, tuple[str | None, bool]] = {}

@@ -174,6 +174,38 @@ def demo() -> None:
     console.print("  rapport run                           serve the web app on http://127.0.0.1:8000")
 
 
+users_app = typer.Typer(help="Console accounts (operators, staff, admins).", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    email: Annotated[str, typer.Argument(help="The account's e-mail address (its login).")],
+    role: Annotated[
+        str, typer.Option(help="operator (reads), staff (also broadcasts) or admin.")
+    ] = "operator",
+    ask: Annotated[
+        bool, typer.Option("--password", help="Type a password instead of generating one.")
+    ] = False,
+) -> None:
+    """Create a console account; a generated password is printed once."""
+    from bot.console import add_user
+    from storage.db import open_database, transaction
+
+    settings = _settings()
+    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True) if ask else None
+    db = open_database(settings.database_url)
+    try:
+        with transaction(db) as session:
+            user, generated = add_user(session, email, role, password)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"Created {user.email} ({user.role}).")
+    if generated:
+        console.print(f"Password (shown once, keep it safe): {generated}")
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply database migrations up to the newest schema."""

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from bot.settings import Settings
 from dialogs.bank import QuestionBank
 from dialogs.engine import DialogEngine
+from dialogs.taught import TaughtBankCache
 from storage.db import open_database
 
 
@@ -26,4 +27,6 @@ def build_runtime(settings: Settings) -> Runtime:
     """Open (and migrate) the database, load the question bank, make the engine."""
     bank = QuestionBank.load(settings.question_bank)
     db = open_database(settings.database_url)
-    return Runtime(settings, db, bank, DialogEngine(db, bank, settings.engine_config()))
+    taught = TaughtBankCache(bank)  # answers operators taught in the console
+    dialog = DialogEngine(db, bank, settings.engine_config(), bank_provider=taught.get)
+    return Runtime(settings, db, bank, dialog)

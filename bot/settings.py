@@ -59,6 +59,10 @@ class Settings(BaseSettings):
 
     public_base_url: str | None = None
 
+    console_idle_minutes: float = Field(default=30, gt=0)
+    console_max_failures: int = Field(default=5, ge=1)
+    console_lockout_minutes: float = Field(default=15, gt=0)
+
     @field_validator("default_region")
     @classmethod
     def _region(cls, v: str) -> str:

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from bot.channels.base import ChannelService
+from bot.console import ConsoleConfig, mount_console
 from bot.runtime import Runtime
 from schedulers.delivery import Outbox
 from storage.db import database_status
@@ -28,9 +29,14 @@ def make_outbox(runtime: Runtime, services: Sequence[ChannelService]) -> Outbox:
 
 
 def create_app(
-    runtime: Runtime, services: Sequence[ChannelService] = (), *, outbox: Outbox | None = None
+    runtime: Runtime,
+    services: Sequence[ChannelService] = (),
+    *,
+    outbox: Outbox | None = None,
+    console: ConsoleConfig | None = None,
 ) -> FastAPI:
-    """The ASGI app served by ``rapport run``."""
+    """The ASGI app served by ``rapport run``: health, channel webhooks and the console
+    (``console`` overrides the console's settings, e.g. a test clock)."""
     outbox = outbox or make_outbox(runtime, services)
 
     @contextlib.asynccontextmanager
@@ -62,6 +68,8 @@ def create_app(
         router = service.router()
         if router is not None:
             app.include_router(router)
+
+    mount_console(app, runtime, console)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

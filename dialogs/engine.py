@@ -118,9 +118,12 @@ class DialogEngine:
         config: EngineConfig | None = None,
         *,
         clock: Callable[[], datetime] = utcnow,
+        bank_provider: Callable[[Connection], QuestionBank] | None = None,
     ) -> None:
         self.db = db
         self.bank = bank
+        # The bank for a turn: ``bank`` plus what operators taught, when a provider is given.
+        self.bank_provider = bank_provider
         self.config = config or EngineConfig()
         self.clock = clock
         self.advisor = Advisor(bank, self.config.advice)
@@ -202,6 +205,7 @@ class _Turn:
     after_insert: list[Callable[[int], None]] = field(default_factory=list)
 
     # Set up in run():
+    _bank: QuestionBank = field(init=False)
     now: datetime = field(init=False)
     text: str = field(init=False)
     state: TurnState = field(init=False)
@@ -209,7 +213,7 @@ class _Turn:
 
     @property
     def bank(self) -> QuestionBank:
-        return self.engine.bank
+        return self._bank
 
     @property
     def cfg(self) -> EngineConfig:
@@ -219,6 +223,8 @@ class _Turn:
 
     def run(self) -> TurnResult:
         inbound = self.inbound
+        provider = self.engine.bank_provider
+        self._bank = provider(self.conn) if provider is not None else self.engine.bank
         self.now = inbound.received_at or self.engine.clock()
         self.text = storable_text(inbound.text)
         if inbound.provider_id is not None and self.check_duplicate:

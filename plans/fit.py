@@ -375,7 +375,9 @@ def _fit_arrays(
     # Over a capped allowance the current plan just costs its price, so its total stands as is.
     cur = np.array([catalog.index.get(c, -1) if c else -1 for c in current], dtype=np.int64)
     rows = np.arange(size)
-    current_total = np.where(cur >= 0, total[rows, np.maximum(cur, 0)], 0)
+    current_total = (
+        np.where(cur >= 0, total[rows, np.maximum(cur, 0)], 0) if n_plans else np.zeros(size, dtype=np.int64)
+    )
 
     candidate = feasible & catalog.available
     m2m = np.array([n.month_to_month for n in needs], dtype=np.bool_)
@@ -459,6 +461,12 @@ def usage_query(metrics: Sequence[str]) -> Select[Any]:
     )
 
 
+def read_usage(conn: Connection, query: Select[Any], lo: int, hi: int) -> Sequence[Any]:
+    """The rows of a :func:`usage_query` for ids ``lo`` to ``hi``, fetched at once (row by row
+    costs several times more)."""
+    return conn.execute(query, {"lo": lo, "hi": hi}).all()
+
+
 def fit_book(
     conn: Connection,
     catalog: Catalog,
@@ -489,7 +497,7 @@ def fit_book(
             for cid, key, value in prefs:
                 answers.setdefault(cid, {})[key] = value
         ids = [c[0] for c in customers]
-        rows = conn.execute(usage_of, {"lo": lo, "hi": hi}).all()  # one fetch, not row by row
+        rows = read_usage(conn, usage_of, lo, hi)
         batch = usage_batch(ids, rows, catalog.metrics, config.lookback)
         needs = [needs_from(answers.get(cid, {}), roles) for cid in ids]
         fits = fit_batch(catalog, batch, [c[2] for c in customers], needs, config, with_usage=with_usage)

@@ -296,3 +296,4 @@ class PlanDecline(SQLModel, table=True):
 
 
 import storage.link_models  # noqa: E402, F401  (registers the link_code table)
+from storage.console_models import AuditEvent, ConsoleSession, MessageReview, TaughtSynonym, User  # noqa: E402, F401

@@ -122,7 +122,11 @@ def test_migrations_match_the_models(db: Engine) -> None:
     from alembic.runtime.migration import MigrationContext
     from sqlmodel import SQLModel
 
+    from storage.console_models import include_in_autogenerate
+
     with db.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_name": include_in_autogenerate}
+        )
         diff = compare_metadata(context, SQLModel.metadata)
     assert diff == []

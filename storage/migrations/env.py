@@ -11,6 +11,7 @@ from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 from storage import models  # noqa: F401  (registers the tables on the metadata)
+from storage.console_models import include_in_autogenerate
 from storage.db import normalize_url
 from storage.models import UTCDateTime
 
@@ -34,6 +35,7 @@ def _run(connection: object) -> None:
         compare_type=True,
         render_as_batch=True,  # SQLite alters tables by copying them
         render_item=_render_item,
+        include_name=include_in_autogenerate,  # the search index objects are not models
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,204 @@
+"""Console accounts: argon2 passwords, server-side sessions with an idle timeout, lockout."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlmodel import Session
+
+from storage.console_models import ConsoleSession, Role, User
+from storage.models import utcnow
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+
+USER = User.__table__  # type: ignore[attr-defined]
+SESSION = ConsoleSession.__table__  # type: ignore[attr-defined]
+
+MIN_PASSWORD = 12
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_hasher = PasswordHasher()
+# Verified against when the e-mail is unknown, so a miss costs as long as a wrong password.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """Console tunables (from settings; tests pass their own clock)."""
+
+    idle_timeout: timedelta = timedelta(minutes=30)
+    max_failures: int = 5
+    lockout: timedelta = timedelta(minutes=15)
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConsoleConfig:
+        """Read ``console_idle_minutes``, ``console_max_failures`` and ``console_lockout_minutes``."""
+        return cls(
+            idle_timeout=timedelta(minutes=settings.console_idle_minutes),
+            max_failures=settings.console_max_failures,
+            lockout=timedelta(minutes=settings.console_lockout_minutes),
+        )
+
+
+def hash_password(password: str) -> str:
+    """The argon2id hash of ``password``."""
+    return _hasher.hash(password)
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def add_user(session: Session, email: str, role: str, password: str | None) -> tuple[User, str | None]:
+    """Create a console account; without a password one is generated and returned (show it once).
+
+    Raises ValueError for a malformed e-mail, an unknown role, a short password or a taken e-mail.
+    """
+    email = email.strip().lower()
+    if not _EMAIL.match(email) or len(email) > 320:
+        raise ValueError(f"{email!r} is not an e-mail address")
+    if role not in {r.value for r in Role}:
+        raise ValueError(f"role must be one of {', '.join(r.value for r in Role)}")
+    generated = None
+    if password is None:
+        password = generated = secrets.token_urlsafe(15)
+    if len(password) < MIN_PASSWORD:
+        raise ValueError(f"the password needs at least {MIN_PASSWORD} characters")
+    if session.execute(select(USER.c.id).where(USER.c.email == email)).first() is not None:
+        raise ValueError(f"{email} already has an account")
+    user = User(email=email, role=role, password_hash=hash_password(password))
+    session.add(user)
+    session.flush()
+    return user, generated
+
+
+class LoginOutcome(StrEnum):
+    OK = "login"
+    BAD = "login_failed"
+    LOCKED = "login_locked"
+    DISABLED = "login_disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    outcome: LoginOutcome
+    user_id: int | None = None
+    email: str = ""
+
+
+def authenticate(conn: Connection, *, email: str, password: str, config: ConsoleConfig) -> LoginResult:
+    """Check a login; counts failures and locks the account after ``max_failures`` in a row."""
+    email = email.strip().lower()
+    now = config.clock()
+    row = conn.execute(select(USER).where(USER.c.email == email).with_for_update()).mappings().first()
+    if row is None:
+        _verify(_DUMMY_HASH, password)
+        return LoginResult(LoginOutcome.BAD, email=email)
+    if row["locked_until"] is not None and row["locked_until"] > now:
+        return LoginResult(LoginOutcome.LOCKED, row["id"], email)
+    if not _verify(row["password_hash"], password):
+        failures = row["failed_logins"] + 1
+        values: dict[str, Any] = {"failed_logins": failures}
+        outcome = LoginOutcome.BAD
+        if failures >= config.max_failures:
+            values = {"failed_logins": 0, "locked_until": now + config.lockout}
+            outcome = LoginOutcome.LOCKED
+        conn.execute(update(USER).where(USER.c.id == row["id"]).values(**values))
+        return LoginResult(outcome, row["id"], email)
+    if row["disabled_at"] is not None:
+        return LoginResult(LoginOutcome.DISABLED, row["id"], email)
+    values = {"failed_logins": 0, "locked_until": None, "last_login_at": now}
+    if _hasher.check_needs_rehash(row["password_hash"]):
+        values["password_hash"] = hash_password(password)
+    conn.execute(update(USER).where(USER.c.id == row["id"]).values(**values))
+    return LoginResult(LoginOutcome.OK, row["id"], email)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(conn: Connection, *, user_id: int, now: datetime) -> str:
+    """A new session for the user; returns the cookie token (only its hash is stored)."""
+    token = secrets.token_urlsafe(32)
+    conn.execute(
+        insert(SESSION).values(
+            token_hash=_digest(token),
+            user_id=user_id,
+            csrf_token=secrets.token_urlsafe(32),
+            created_at=now,
+            last_seen_at=now,
+        )
+    )
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The logged-in user behind a request."""
+
+    user_id: int
+    email: str
+    role: Role
+    csrf_token: str
+    token_hash: str
+
+    def can(self, role: Role) -> bool:
+        return self.role.rank >= role.rank
+
+
+def resume_session(conn: Connection, *, token: str, config: ConsoleConfig) -> Principal | None:
+    """The session's user, touching it; None (and the session ended) when idle too long."""
+    now = config.clock()
+    digest = _digest(token)
+    row = (
+        conn.execute(
+            select(SESSION.c.last_seen_at, SESSION.c.csrf_token, USER.c.id, USER.c.email, USER.c.role)
+            .select_from(SESSION.join(USER, USER.c.id == SESSION.c.user_id))
+            .where(SESSION.c.token_hash == digest, USER.c.disabled_at.is_(None))
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    if now - row["last_seen_at"] > config.idle_timeout:
+        end_session(conn, token_hash=digest)
+        return None
+    conn.execute(update(SESSION).where(SESSION.c.token_hash == digest).values(last_seen_at=now))
+    return Principal(row["id"], row["email"], Role(row["role"]), row["csrf_token"], digest)
+
+
+def end_session(conn: Connection, *, token_hash: str) -> None:
+    """Log a session out."""
+    conn.execute(delete(SESSION).where(SESSION.c.token_hash == token_hash))
+
+
+def end_user_sessions(conn: Connection, *, user_id: int) -> None:
+    """Log every session of a user out (on disabling the account)."""
+    conn.execute(delete(SESSION).where(SESSION.c.user_id == user_id))
+
+
+def purge_idle_sessions(conn: Connection, *, config: ConsoleConfig) -> int:
+    """Delete sessions idle past the timeout; returns how many."""
+    cutoff = config.clock() - config.idle_timeout
+    return int(conn.execute(delete(SESSION).where(SESSION.c.last_seen_at < cutoff)).rowcount)
+
+
+def count_users(conn: Connection) -> int:
+    """How many console accounts exist."""
+    return int(conn.execute(select(func.count()).select_from(USER)).scalar_one())

@@ -1,0 +1,344 @@
+"""Queries behind the operator console: message search, transcripts, review queue, taught synonyms,
+accounts and the audit log. SQLAlchemy Core with bound parameters throughout."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    RowMapping,
+    Select,
+    and_,
+    column,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    table,
+    update,
+)
+
+from storage.console_models import FTS_TABLE, AuditEvent, MessageReview, TaughtSynonym, User
+from storage.models import Direction, utcnow
+from storage.tables import CUSTOMER, IDENTITY, MESSAGE
+
+USER = User.__table__  # type: ignore[attr-defined]
+AUDIT = AuditEvent.__table__  # type: ignore[attr-defined]
+REVIEW = MessageReview.__table__  # type: ignore[attr-defined]
+TAUGHT = TaughtSynonym.__table__  # type: ignore[attr-defined]
+
+PAGE_SIZE = 50
+ERASURE_INTENT = "command:forget"
+
+
+# -- search -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """What the conversation list is narrowed to; empty fields do not narrow it."""
+
+    text: str = ""
+    who: str = ""  # part of a customer's name, or digits of their phone number / address
+    channel: str = ""
+    since: date | None = None
+    until: date | None = None  # inclusive
+    needs_review: bool = False
+    customer_id: int | None = None
+
+    def as_params(self) -> dict[str, str]:
+        """The filter as query-string parameters (for links to the next page and exports)."""
+        params = {
+            "q": self.text,
+            "who": self.who,
+            "channel": self.channel,
+            "since": self.since.isoformat() if self.since else "",
+            "until": self.until.isoformat() if self.until else "",
+            "review": "1" if self.needs_review else "",
+        }
+        return {k: v for k, v in params.items() if v}
+
+
+_FTS_TOKEN = re.compile(r"\S+")
+
+
+def fts5_query(user_text: str) -> str:
+    """A customer's search text as a safe FTS5 query: every word a quoted string, all required.
+
+    Quoting makes ``"``, ``*``, ``NEAR``, ``AND``, ``-`` and ``:`` plain text rather than syntax.
+    """
+    words = _FTS_TOKEN.findall(user_text)[:16]
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+_FTS = table(FTS_TABLE, column("rowid"), column(FTS_TABLE))
+
+
+def _text_condition(conn: Connection, query: str) -> ColumnElement[bool] | None:
+    if not query.strip():
+        return None
+    if conn.dialect.name == "postgresql":
+        # Matches the expression of the GIN index ix_message_text_fts exactly.
+        vector = func.to_tsvector(literal_column("'simple'"), MESSAGE.c.text)
+        return vector.op("@@")(func.plainto_tsquery(literal_column("'simple'"), query))
+    if conn.dialect.name == "sqlite":
+        match = fts5_query(query)
+        if not match.replace('"', "").strip():
+            return None
+        return MESSAGE.c.id.in_(select(_FTS.c.rowid).where(_FTS.c[FTS_TABLE].op("MATCH")(match)))
+    return MESSAGE.c.text.contains(query, autoescape=True)
+
+
+def _who_condition(who: str) -> ColumnElement[bool] | None:
+    who = who.strip()
+    if not who:
+        return None
+    conditions: list[ColumnElement[bool]] = [
+        func.lower(CUSTOMER.c.name).contains(who.lower(), autoescape=True)
+    ]
+    digits = re.sub(r"\D", "", who)
+    if len(digits) >= 3:
+        conditions.append(CUSTOMER.c.phone.contains(digits, autoescape=True))
+        conditions.append(
+            CUSTOMER.c.id.in_(
+                select(IDENTITY.c.customer_id).where(IDENTITY.c.address.contains(digits, autoescape=True))
+            )
+        )
+    return MESSAGE.c.customer_id.in_(select(CUSTOMER.c.id).where(or_(*conditions)))
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+_ROW_COLUMNS = (
+    MESSAGE.c.id,
+    MESSAGE.c.customer_id,
+    MESSAGE.c.channel,
+    MESSAGE.c.direction,
+    MESSAGE.c.address,
+    MESSAGE.c.text,
+    MESSAGE.c.question_key,
+    MESSAGE.c.parsed_value,
+    MESSAGE.c.confidence,
+    MESSAGE.c.intent,
+    MESSAGE.c.needs_review,
+    MESSAGE.c.reply_to_id,
+    MESSAGE.c.status,
+    MESSAGE.c.attempts,
+    MESSAGE.c.error,
+    MESSAGE.c.created_at,
+    MESSAGE.c.sent_at,
+    MESSAGE.c.delivered_at,
+    CUSTOMER.c.name.label("customer_name"),
+    CUSTOMER.c.phone.label("customer_phone"),
+)
+
+
+def _search_select(conn: Connection, f: SearchFilter) -> Select[Any]:
+    conditions: list[ColumnElement[bool]] = []
+    for condition in (_text_condition(conn, f.text), _who_condition(f.who)):
+        if condition is not None:
+            conditions.append(condition)
+    if f.channel:
+        conditions.append(MESSAGE.c.channel == f.channel)
+    if f.since:
+        conditions.append(MESSAGE.c.created_at >= _day_start(f.since))
+    if f.until:
+        conditions.append(MESSAGE.c.created_at < _day_start(f.until + timedelta(days=1)))
+    if f.needs_review:
+        conditions.append(MESSAGE.c.needs_review.is_(True))
+    if f.customer_id is not None:
+        conditions.append(MESSAGE.c.customer_id == f.customer_id)
+    return (
+        select(*_ROW_COLUMNS)
+        .select_from(MESSAGE.outerjoin(CUSTOMER, CUSTOMER.c.id == MESSAGE.c.customer_id))
+        .where(and_(True, *conditions))
+    )
+
+
+def search_messages(
+    conn: Connection, f: SearchFilter, *, before: int | None = None, limit: int = PAGE_SIZE
+) -> list[RowMapping]:
+    """One page of matching messages, newest first; the next page starts ``before`` the last id."""
+    query = _search_select(conn, f)
+    if before is not None:
+        query = query.where(MESSAGE.c.id < before)
+    rows = conn.execute(query.order_by(MESSAGE.c.id.desc()).limit(limit)).mappings().all()
+    return list(rows)
+
+
+def iter_search(conn: Connection, f: SearchFilter, *, chunk: int = 1000) -> Iterator[RowMapping]:
+    """Every matching message, newest first, fetched a chunk at a time (for exports)."""
+    before: int | None = None
+    while True:
+        rows = search_messages(conn, f, before=before, limit=chunk)
+        yield from rows
+        if len(rows) < chunk:
+            return
+        before = rows[-1]["id"]
+
+
+# -- one customer -----------------------------------------------------------------------------------
+
+
+def transcript(conn: Connection, customer_id: int) -> list[RowMapping]:
+    """Every stored message of a customer, oldest first."""
+    query = _search_select(conn, SearchFilter(customer_id=customer_id)).order_by(MESSAGE.c.id)
+    return list(conn.execute(query).mappings().all())
+
+
+def iter_transcript(conn: Connection, customer_id: int, *, chunk: int = 1000) -> Iterator[RowMapping]:
+    """A customer's messages, oldest first, a chunk at a time."""
+    after = 0
+    while True:
+        query = (
+            _search_select(conn, SearchFilter(customer_id=customer_id))
+            .where(MESSAGE.c.id > after)
+            .order_by(MESSAGE.c.id)
+            .limit(chunk)
+        )
+        rows = conn.execute(query).mappings().all()
+        yield from rows
+        if len(rows) < chunk:
+            return
+        after = rows[-1]["id"]
+
+
+# -- review queue -----------------------------------------------------------------------------------
+
+
+def review_queue(conn: Connection, *, before: int | None = None, limit: int = PAGE_SIZE) -> list[RowMapping]:
+    """Customer messages flagged for review that nobody has reviewed yet, newest first."""
+    query = (
+        _search_select(conn, SearchFilter(needs_review=True))
+        .where(MESSAGE.c.direction == Direction.IN)
+        .where(~exists().where(REVIEW.c.message_id == MESSAGE.c.id))
+    )
+    if before is not None:
+        query = query.where(MESSAGE.c.id < before)
+    return list(conn.execute(query.order_by(MESSAGE.c.id.desc()).limit(limit)).mappings().all())
+
+
+def message(conn: Connection, message_id: int) -> RowMapping | None:
+    """One message with its customer's name and phone."""
+    query = _search_select(conn, SearchFilter()).where(MESSAGE.c.id == message_id)
+    return conn.execute(query).mappings().first()
+
+
+def mark_reviewed(conn: Connection, *, message_id: int, by: str, action: str, now: datetime) -> bool:
+    """Record that ``by`` reviewed the message; False when it already was."""
+    if conn.execute(select(REVIEW.c.message_id).where(REVIEW.c.message_id == message_id)).first():
+        return False
+    conn.execute(insert(REVIEW).values(message_id=message_id, reviewed_by=by, reviewed_at=now, action=action))
+    return True
+
+
+def reviews_for(conn: Connection, message_ids: Sequence[int]) -> dict[int, RowMapping]:
+    """The reviews of the given messages, by message id."""
+    if not message_ids:
+        return {}
+    rows = conn.execute(select(REVIEW).where(REVIEW.c.message_id.in_(message_ids))).mappings()
+    return {row["message_id"]: row for row in rows}
+
+
+# -- taught synonyms --------------------------------------------------------------------------------
+
+
+def add_taught_synonym(
+    conn: Connection, *, question_key: str, option_value: Any, phrase: str, message_id: int | None, by: str
+) -> int:
+    """Store a taught synonym; returns its id."""
+    result = conn.execute(
+        insert(TAUGHT).values(
+            question_key=question_key,
+            option_value=option_value,
+            phrase=phrase,
+            message_id=message_id,
+            taught_by=by,
+            taught_at=utcnow(),
+        )
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def taught_synonyms(conn: Connection) -> list[RowMapping]:
+    """Every taught synonym, oldest first."""
+    return list(conn.execute(select(TAUGHT).order_by(TAUGHT.c.id)).mappings().all())
+
+
+def taught_version(conn: Connection) -> tuple[int, int | None]:
+    """Changes whenever a synonym is taught or removed (a cheap cache key)."""
+    count, last = conn.execute(select(func.count(), func.max(TAUGHT.c.id))).one()
+    return int(count), last
+
+
+# -- accounts and audit -----------------------------------------------------------------------------
+
+
+def audit(
+    conn: Connection,
+    *,
+    action: str,
+    actor: str | None,
+    target: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+    ip: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Append an event to the audit log."""
+    conn.execute(
+        insert(AUDIT).values(
+            at=now or utcnow(),
+            actor=actor,
+            action=action,
+            target=target,
+            detail=dict(detail or {}),
+            ip=ip,
+        )
+    )
+
+
+def audit_events(conn: Connection, *, before: int | None = None, limit: int = PAGE_SIZE) -> list[RowMapping]:
+    """The audit log, newest first."""
+    query = select(AUDIT)
+    if before is not None:
+        query = query.where(AUDIT.c.id < before)
+    return list(conn.execute(query.order_by(AUDIT.c.id.desc()).limit(limit)).mappings().all())
+
+
+def erasures(conn: Connection, *, limit: int = PAGE_SIZE) -> list[RowMapping]:
+    """Messages in which a customer had everything erased ("forget me"), newest first."""
+    query = (
+        select(
+            MESSAGE.c.id, MESSAGE.c.customer_id, MESSAGE.c.channel, MESSAGE.c.created_at, CUSTOMER.c.erased_at
+        )
+        .select_from(MESSAGE.outerjoin(CUSTOMER, CUSTOMER.c.id == MESSAGE.c.customer_id))
+        .where(MESSAGE.c.intent == ERASURE_INTENT)
+        .order_by(MESSAGE.c.id.desc())
+        .limit(limit)
+    )
+    return list(conn.execute(query).mappings().all())
+
+
+def users(conn: Connection) -> list[RowMapping]:
+    """Every console account, by e-mail."""
+    return list(conn.execute(select(USER).order_by(USER.c.email)).mappings().all())
+
+
+def disable_user(conn: Connection, *, user_id: int, now: datetime) -> bool:
+    """Disable an account (its sessions end at their next request); False if there is none."""
+    result = conn.execute(
+        update(USER).where(USER.c.id == user_id, USER.c.disabled_at.is_(None)).values(disabled_at=now)
+    )
+    return result.rowcount > 0
