@@ -59,11 +59,12 @@ def chat(
     phone: Annotated[str, typer.Option(help="Talk as the customer with this phone number.")],
 ) -> None:
     """Talk to the bot in the terminal: each line you type is one message."""
-    from bot.channels.terminal import TerminalChat, normalize_phone
+    from bot.channels.terminal import TerminalChat
+    from storage.phones import to_e164
 
     runtime = _runtime()
     try:
-        number = normalize_phone(phone, runtime.settings.default_region)
+        number = to_e164(phone, runtime.settings.default_region)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--phone") from None
     session = TerminalChat(runtime, number, console)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO, Any, TypeAlias
 from zoneinfo import available_timezones
 
-import phonenumbers
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -49,6 +48,7 @@ from sqlalchemy import (
 )
 
 from storage.models import utcnow
+from storage.phones import to_e164
 from storage.tables import CUSTOMER, PLAN, USAGE
 
 Progress: TypeAlias = Callable[[int, int], None]
@@ -241,10 +241,8 @@ def _customer_values(row: Mapping[str, str], *, region: str, plans: set[str]) ->
     if len(external_id) > 64:
         return "external_id is longer than 64 characters"
     try:
-        number = phonenumbers.parse(row["phone"], region)
-    except phonenumbers.NumberParseException:
-        number = None
-    if number is None or not phonenumbers.is_valid_number(number):
+        phone = to_e164(row["phone"], region)
+    except ValueError:
         return f"invalid phone number {row['phone']!r} (write it as +14155550100)"
     plan = row["current_plan"]
     if plan not in plans:
@@ -253,7 +251,7 @@ def _customer_values(row: Mapping[str, str], *, region: str, plans: set[str]) ->
         return "name is longer than 200 characters"
     values: dict[str, Any] = {
         "external_id": external_id,
-        "phone": phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
+        "phone": phone,
         "name": row["name"] or None,
         "current_plan_id": plan,
     }

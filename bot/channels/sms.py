@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-import phonenumbers
 from fastapi import APIRouter, BackgroundTasks, Request, Response
 from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -37,6 +36,7 @@ from dialogs.engine import Inbound, ReplyOption, storable_text
 from schedulers.delivery import Outbox, Outgoing, SendError
 from storage import turns as store
 from storage.models import DeliveryStatus, Direction, utcnow
+from storage.phones import to_e164
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE
 
 log = logging.getLogger(__name__)
@@ -108,14 +108,12 @@ def parse_form(body: bytes, content_type: str | None) -> dict[str, str]:
 
 
 def e164(raw: str, region: str) -> str:
-    """``raw`` as an E.164 phone number, or :class:`BadRequest`."""
+    """The sender's number as E.164, or :class:`BadRequest` (the carrier delivered from it, so a
+    possible number is enough)."""
     try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException as exc:
-        raise BadRequest(f"From {raw!r} is not a phone number ({exc})") from None
-    if not phonenumbers.is_possible_number(number):
-        raise BadRequest(f"From {raw!r} is not a possible phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return to_e164(raw, region, strict=False)
+    except ValueError as exc:
+        raise BadRequest(f"From: {exc}") from None
 
 
 def render(text: str, options: tuple[ReplyOption, ...]) -> str:

@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-import phonenumbers
 from fastapi import APIRouter, Request, Response
 from telegram import (
     Bot,
@@ -64,6 +63,7 @@ from storage.links import (
     redeem_link_code,
     set_phone_if_missing,
 )
+from storage.phones import to_e164
 
 log = logging.getLogger(__name__)
 
@@ -670,15 +670,10 @@ def _button_label(message: Message, data: str) -> str | None:
 def _e164(raw: str) -> str | None:
     """A contact's phone number (Telegram sends digits, sometimes without '+') as E.164."""
     digits = raw.strip()
-    if not digits.startswith("+"):
-        digits = "+" + digits
     try:
-        number = phonenumbers.parse(digits, None)
-    except phonenumbers.NumberParseException:
+        return to_e164(digits if digits.startswith("+") else "+" + digits, None)
+    except ValueError:
         return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def build_telegram_service(
@@ -734,9 +729,8 @@ async def run_telegram(runtime: Runtime, *, stop: asyncio.Event | None = None) -
 
 def new_link_code(runtime: Runtime, phone: str) -> str:
     """A deep-link code for the customer with ``phone`` (LookupError if none)."""
-    from bot.channels.terminal import normalize_phone
 
-    e164 = normalize_phone(phone, runtime.settings.default_region)
+    e164 = to_e164(phone, runtime.settings.default_region)
     with transaction(runtime.db) as session:
         return link_code_for_phone(session, phone=e164)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import phonenumbers
 from rich.console import Console
 from rich.text import Text
 
@@ -14,17 +13,6 @@ from storage.db import transaction
 from storage.queries import mark_sent
 
 CHANNEL = "terminal"
-
-
-def normalize_phone(raw: str, region: str) -> str:
-    """``raw`` as E.164, or ValueError with what to fix."""
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"{raw!r} is not a phone number ({exc}); try the form +14155550100") from None
-    if not phonenumbers.is_valid_number(number):
-        raise ValueError(f"{raw!r} is not a valid phone number; try the form +14155550100")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def render(reply: Reply) -> str:
