@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -94,8 +96,17 @@ def run(
     from bot.components import components
     from bot.services import build_services
     from bot.web import create_app
+    from schedulers.delivery import recover_stuck
 
     runtime = _runtime()
+    recovered = recover_stuck(
+        runtime.db, older_than=timedelta(minutes=runtime.settings.stuck_sending_minutes)
+    )
+    if recovered.unknown or recovered.requeued:
+        err.print(
+            f"{len(recovered.requeued)} replies cut off by a crash queued again; "
+            f"{len(recovered.unknown)} marketing messages marked unknown (not re-sent: review them)."
+        )
     try:
         services = build_services(runtime)
     except ValueError as exc:
@@ -173,6 +184,69 @@ def demo() -> None:
     )
     console.print("  rapport plans fit                     the plan fit of every demo customer")
     console.print("  rapport run                           serve the web app on http://127.0.0.1:8000")
+
+
+outreach_app = typer.Typer(help="Proactive plan suggestions.", no_args_is_help=True)
+app.add_typer(outreach_app, name="outreach")
+switches_app = typer.Typer(help="Plan switch requests (customers who said YES).", no_args_is_help=True)
+app.add_typer(switches_app, name="switches")
+
+
+@outreach_app.command("scan")
+def outreach_scan() -> None:
+    """Queue a plan suggestion for every customer it would help and the contact policy allows.
+
+    Messages outside a customer's allowed hours wait in the outbox for the next allowed moment;
+    `rapport run` sends them when they are due.
+    """
+    from schedulers.proactive import scan
+    from storage.models import utcnow
+
+    runtime = _runtime()
+    report = scan(runtime.db, runtime.dialog.advisor, runtime.settings.policy_config(), utcnow())
+    console.print(
+        f"{report.considered} customers with a suggestion: {report.queued} queued to go now, "
+        f"{report.deferred} deferred to their next allowed moment."
+    )
+    for reason, count in report.skipped_by_reason.most_common():
+        console.print(f"  skipped, {reason}: {count}")
+
+
+@switches_app.command("export")
+def switches_export(
+    out: Annotated[Path | None, typer.Option(help="CSV file to write (default: standard output).")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Only requests made at or after this time (UTC).")
+    ] = None,
+) -> None:
+    """Write switch requests as CSV."""
+    from schedulers.billing import export_switches
+    from storage.db import open_database
+
+    db = open_database(_settings().database_url)
+    when = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
+    if out is None:
+        count = export_switches(db, sys.stdout, when)
+    else:
+        with out.open("w", newline="", encoding="utf-8") as handle:
+            count = export_switches(db, handle, when)
+    err.print(f"{count} switch requests exported.")
+
+
+@switches_app.command("deliver")
+def switches_deliver() -> None:
+    """POST due switch requests to BILLING_WEBHOOK_URL once (signed; failures retried later)."""
+    from schedulers.billing import deliver_switches
+    from storage.db import open_database
+    from storage.models import utcnow
+
+    settings = _settings()
+    config = settings.billing_config()
+    if config is None:
+        err.print("[red]BILLING_WEBHOOK_URL is not set.[/red] Set it (and BILLING_WEBHOOK_SECRET) in .env.")
+        raise typer.Exit(2)
+    report = deliver_switches(open_database(settings.database_url), config, now=utcnow())
+    console.print(f"{report.sent} delivered, {report.failed} failed (to be retried).")
 
 
 users_app = typer.Typer(help="Console accounts (operators, staff, admins).", no_args_is_help=True)

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dialogs.advisor import AdviceConfig
 from dialogs.engine import EngineConfig
 from plans.fit import FitConfig
+from schedulers.billing import BillingConfig
+from schedulers.policy import PolicyConfig, Window
 
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "your-token-here", "xxx", "todo"}
 
@@ -59,6 +61,15 @@ class Settings(BaseSettings):
 
     public_base_url: str | None = None
 
+    contact_window: str = "08:00-21:00"
+    contact_window_by_region: dict[str, str] = Field(default_factory=dict)
+    default_timezone: str = "UTC"
+    proactive_cap: int = Field(default=1, ge=1)
+    proactive_cap_days: float = Field(default=7, gt=0)
+    stuck_sending_minutes: float = Field(default=5, gt=0)
+    billing_webhook_url: str | None = None
+    billing_webhook_secret: SecretStr | None = None
+
     console_idle_minutes: float = Field(default=30, gt=0)
     console_max_failures: int = Field(default=5, ge=1)
     console_lockout_minutes: float = Field(default=15, gt=0)
@@ -71,13 +82,28 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not a region phonenumbers knows (e.g. US, GB, DE)")
         return v
 
-    @field_validator("telegram_bot_token", "telegram_webhook_secret", "twilio_auth_token")
+    @field_validator(
+        "telegram_bot_token", "telegram_webhook_secret", "twilio_auth_token", "billing_webhook_secret"
+    )
     @classmethod
     def _no_placeholder(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and v.get_secret_value().strip().lower() in _PLACEHOLDERS:
             raise ValueError("is still a placeholder: set the real secret in .env, or leave it unset")
         if v is not None and not v.get_secret_value().strip():
             return None
+        return v
+
+    @field_validator("contact_window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        Window.parse(v)  # "08:00-21:00"; a typo fails at start-up
+        return v
+
+    @field_validator("contact_window_by_region")
+    @classmethod
+    def _windows(cls, v: dict[str, str]) -> dict[str, str]:
+        for window in v.values():
+            Window.parse(window)
         return v
 
     def engine_config(self) -> EngineConfig:
@@ -94,6 +120,25 @@ class Settings(BaseSettings):
                 decline_usage_change=self.decline_usage_change,
             ),
         )
+
+    def policy_config(self, channels: frozenset[str] = frozenset({"sms", "telegram"})) -> PolicyConfig:
+        """The contact policy for proactive messages (on ``channels``)."""
+        return PolicyConfig(
+            window=Window.parse(self.contact_window),
+            region_windows={k.upper(): Window.parse(v) for k, v in self.contact_window_by_region.items()},
+            default_timezone=self.default_timezone,
+            default_region=self.default_region,
+            cap=self.proactive_cap,
+            cap_period=timedelta(days=self.proactive_cap_days),
+            channels=channels,
+        )
+
+    def billing_config(self) -> BillingConfig | None:
+        """Where switch requests go, or None when no billing webhook is set."""
+        if not self.billing_webhook_url:
+            return None
+        secret = self.billing_webhook_secret.get_secret_value() if self.billing_webhook_secret else ""
+        return BillingConfig(self.billing_webhook_url, secret)
 
     def fit_config(self) -> FitConfig:
         """The plan-fit rule's tunables."""

@@ -4,6 +4,12 @@ A message goes ``queued -> sending -> sent`` (a status callback may later make i
 ``undelivered`` or ``failed``). A send that fails with a retryable error goes back to ``queued``
 with ``next_attempt_at`` set by the retry policy; after ``max_attempts``, or on an error that
 retrying cannot fix, it is ``failed`` with the reason in ``error``. Every attempt is counted.
+
+Marketing (proactive) messages go at most once: when it is unclear whether the provider took one
+(an unexpected error while sending, or a process that died in ``sending``, see
+:func:`recover_stuck`) it becomes ``unknown`` and is reported, never re-sent. Conversational
+replies in the same situation are retried. A marketing message whose customer opted out, was
+erased or withdrew consent while it waited is not sent (``failed``, reason in ``error``).
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Connection, Engine, insert, or_, select, update
 
 from dialogs.engine import ReplyOption
 from storage.models import DeliveryStatus, Direction, utcnow
-from storage.tables import MESSAGE
+from storage.outreach_models import OUTREACH_EVENT
+from storage.tables import CUSTOMER, MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,7 @@ class Outgoing:
     text: str
     options: tuple[ReplyOption, ...]
     attempt: int
+    marketing: bool = False
 
 
 class Sender(Protocol):
@@ -138,9 +146,11 @@ class Outbox:
             await asyncio.to_thread(self._finish, outgoing, exc)
         except Exception as exc:  # a bug or an unexpected provider answer: keep it, say so
             log.exception("sending message %d on %s raised", outgoing.message_id, outgoing.channel)
-            await asyncio.to_thread(
-                self._finish, outgoing, SendError(f"{type(exc).__name__}: {exc}", retryable=True)
-            )
+            reason = f"{type(exc).__name__}: {exc}"
+            if outgoing.marketing:  # it may have gone: at most once means not trying again
+                await asyncio.to_thread(self._unknown, outgoing, reason)
+            else:
+                await asyncio.to_thread(self._finish, outgoing, SendError(reason, retryable=True))
         else:
             await asyncio.to_thread(self._finish, outgoing, provider_id)
 
@@ -155,8 +165,10 @@ class Outbox:
                     MESSAGE.c.status == DeliveryStatus.QUEUED,
                     or_(MESSAGE.c.next_attempt_at.is_(None), MESSAGE.c.next_attempt_at <= now),
                 )
-                .values(status=DeliveryStatus.SENDING, attempts=MESSAGE.c.attempts + 1)
+                .values(status=DeliveryStatus.SENDING, attempts=MESSAGE.c.attempts + 1, claimed_at=now)
                 .returning(
+                    MESSAGE.c.customer_id,
+                    MESSAGE.c.marketing,
                     MESSAGE.c.channel,
                     MESSAGE.c.address,
                     MESSAGE.c.text,
@@ -165,11 +177,22 @@ class Outbox:
                     MESSAGE.c.attempts,
                 )
             ).first()
-        if claimed is None:
-            return None
-        channel, address, text, intent, question_key, attempts = claimed
+            if claimed is None:
+                return None
+            customer_id, marketing, channel, address, text, intent, question_key, attempts = claimed
+            if marketing and (refusal := _refusal(conn, customer_id)) is not None:
+                conn.execute(
+                    update(MESSAGE)
+                    .where(MESSAGE.c.id == message_id)
+                    .values(status=DeliveryStatus.FAILED, error=f"contact policy: {refusal}")
+                )
+                return None
         options = self.options_for(intent or "", question_key)
-        return Outgoing(message_id, channel, address, text, options, attempts)
+        return Outgoing(message_id, channel, address, text, options, attempts, bool(marketing))
+
+    def _unknown(self, outgoing: Outgoing, reason: str) -> None:
+        with self.db.begin() as conn:
+            _mark_unknown(conn, [outgoing.message_id], reason[:500], self.clock())
 
     def _finish(self, outgoing: Outgoing, outcome: str | SendError | None) -> None:
         now = self.clock()
@@ -207,3 +230,83 @@ class Outbox:
                 .limit(limit)
             ).scalars()
             return list(rows)
+
+
+def _refusal(conn: Connection, customer_id: int | None) -> str | None:
+    """Why a queued marketing message may no longer go to its customer, or None."""
+    if customer_id is None:
+        return "no customer"
+    row = conn.execute(
+        select(CUSTOMER.c.marketing_consent, CUSTOMER.c.opted_out_at, CUSTOMER.c.erased_at).where(
+            CUSTOMER.c.id == customer_id
+        )
+    ).first()
+    if row is None or row.erased_at is not None:
+        return "erased"
+    if row.opted_out_at is not None:
+        return "opted out"
+    return None if row.marketing_consent else "no consent"
+
+
+def _mark_unknown(conn: Connection, message_ids: Sequence[int], reason: str, now: datetime) -> None:
+    conn.execute(
+        update(MESSAGE)
+        .where(MESSAGE.c.id.in_(list(message_ids)), MESSAGE.c.status == DeliveryStatus.SENDING)
+        .values(status=DeliveryStatus.UNKNOWN, error=reason, next_attempt_at=None)
+    )
+    rows = conn.execute(
+        select(MESSAGE.c.id, MESSAGE.c.customer_id).where(
+            MESSAGE.c.id.in_(list(message_ids)), MESSAGE.c.customer_id.is_not(None)
+        )
+    ).all()
+    if rows:
+        conn.execute(
+            insert(OUTREACH_EVENT),
+            [
+                {"customer_id": c, "kind": "unknown", "reason": reason[:64], "message_id": m, "at": now}
+                for m, c in rows
+            ],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What :func:`recover_stuck` found: marketing now ``unknown`` (for review), replies requeued."""
+
+    unknown: tuple[int, ...]
+    requeued: tuple[int, ...]
+
+
+STUCK_REASON = "stuck in sending: the process died mid-send; not re-sent (at most once)"
+
+
+def recover_stuck(db: Engine, *, older_than: timedelta, now: datetime | None = None) -> Recovery:
+    """Settle messages left in ``sending`` for longer than ``older_than`` by a process that died.
+
+    Run it at start-up and now and then; ``older_than`` must exceed the longest send a live worker
+    may still be in (the provider's timeout), so a slow send is not mistaken for a dead one.
+    """
+    now = now or utcnow()
+    with db.begin() as conn:
+        rows = conn.execute(
+            select(MESSAGE.c.id, MESSAGE.c.marketing)
+            .where(
+                MESSAGE.c.status == DeliveryStatus.SENDING,
+                MESSAGE.c.direction == Direction.OUT,
+                or_(MESSAGE.c.claimed_at.is_(None), MESSAGE.c.claimed_at <= now - older_than),
+            )
+            .order_by(MESSAGE.c.id)
+            .with_for_update()
+        ).all()
+        unknown = [m for m, marketing in rows if marketing]
+        requeued = [m for m, marketing in rows if not marketing]
+        if unknown:
+            _mark_unknown(conn, unknown, STUCK_REASON, now)
+            log.warning("%d marketing message(s) left in sending are now unknown: %s", len(unknown), unknown)
+        if requeued:
+            conn.execute(
+                update(MESSAGE)
+                .where(MESSAGE.c.id.in_(requeued), MESSAGE.c.status == DeliveryStatus.SENDING)
+                .values(status=DeliveryStatus.QUEUED, next_attempt_at=None)
+            )
+    return Recovery(tuple(unknown), tuple(requeued))

@@ -171,6 +171,8 @@ class Message(SQLModel, table=True):
     )
     sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     delivered_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    marketing: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
+    claimed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
 class Preference(SQLModel, table=True):
@@ -295,5 +297,6 @@ class PlanDecline(SQLModel, table=True):
     declined_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
 
 
-import storage.link_models  # noqa: E402, F401  (registers the link_code table)
+import storage.link_models  # noqa: E402  (registers the link_code table)
+import storage.outreach_models  # noqa: E402, F401  (outreach_event, billing_delivery)
 from storage.console_models import AuditEvent, ConsoleSession, MessageReview, TaughtSynonym, User  # noqa: E402, F401

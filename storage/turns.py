@@ -15,7 +15,7 @@ from sqlalchemy import Connection, bindparam, exists, insert, select, update
 from sqlmodel import Session
 
 from storage import queries
-from storage.models import Customer, Direction
+from storage.models import Customer, DeliveryStatus, Direction
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, STATE, USAGE
 
 
@@ -253,6 +253,24 @@ def save_state(conn: Connection, state: TurnState, *, expected_version: int) -> 
     )
     if result.rowcount != 1:
         raise StaleStateError(f"dialog state of customer {state.customer_id} changed during a locked turn")
+
+
+def unsent_suggestion(conn: Connection, *, customer_id: int) -> bool:
+    """Whether a proactive plan suggestion to this customer is still waiting to go out."""
+    return (
+        conn.execute(
+            select(MESSAGE.c.id)
+            .where(
+                MESSAGE.c.customer_id == customer_id,
+                MESSAGE.c.direction == Direction.OUT,
+                MESSAGE.c.marketing.is_(True),
+                MESSAGE.c.intent == "suggestion",
+                MESSAGE.c.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.SENDING)),
+            )
+            .limit(1)
+        ).first()
+        is not None
+    )
 
 
 def set_opt_out(conn: Connection, *, customer_id: int, at: datetime | None, message_id: int | None) -> None:

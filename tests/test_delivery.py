@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from dialogs.engine import DialogEngine, Inbound
 from schedulers.delivery import Outbox, Outgoing, RetryPolicy, SendError
@@ -121,3 +121,95 @@ def test_two_deliverers_never_send_one_message_twice(db: Engine, dialog: DialogE
 
     asyncio.run(race())
     assert sorted(m.message_id for m in sender.sent) == ids
+
+
+# -- at most once for marketing -------------------------------------------------------------------
+
+
+def _outbound(
+    db: Engine, *, marketing: bool, status: str, claimed_at: datetime | None, **extra: object
+) -> int:
+    from sqlalchemy import insert
+
+    from storage.tables import CUSTOMER
+
+    with db.begin() as conn:
+        cid = conn.execute(select(CUSTOMER.c.id).where(CUSTOMER.c.phone == "+14155550181")).scalar()
+        if cid is None:
+            cid = conn.execute(
+                insert(CUSTOMER)
+                .values(phone="+14155550181", marketing_consent=True, created_at=START)
+                .returning(CUSTOMER.c.id)
+            ).scalar_one()
+        values = {
+            "customer_id": cid,
+            "channel": "sms",
+            "direction": "out",
+            "address": "+14155550181",
+            "text": "offer" if marketing else "reply",
+            "intent": "suggestion" if marketing else "ask",
+            "needs_review": False,
+            "status": status,
+            "attempts": 1 if status == "sending" else 0,
+            "marketing": marketing,
+            "claimed_at": claimed_at,
+            "created_at": START,
+            **extra,
+        }
+        return int(conn.execute(insert(MESSAGE).values(**values).returning(MESSAGE.c.id)).scalar_one())
+
+
+def test_recover_stuck_marks_marketing_unknown_and_requeues_replies(db: Engine) -> None:
+    from schedulers.delivery import recover_stuck
+    from storage.outreach_models import OUTREACH_EVENT
+
+    old = START - timedelta(minutes=10)
+    marketing = _outbound(db, marketing=True, status="sending", claimed_at=old)
+    reply = _outbound(db, marketing=False, status="sending", claimed_at=old)
+    fresh = _outbound(db, marketing=True, status="sending", claimed_at=START - timedelta(seconds=5))
+    done = _outbound(db, marketing=True, status="sent", claimed_at=old)
+    recovery = recover_stuck(db, older_than=timedelta(minutes=1), now=START)
+    assert (recovery.unknown, recovery.requeued) == ((marketing,), (reply,))
+    assert _row(db, marketing)["status"] == "unknown"
+    assert _row(db, reply)["status"] == "queued"
+    assert (_row(db, fresh)["status"], _row(db, done)["status"]) == ("sending", "sent")
+    with db.connect() as conn:
+        assert conn.execute(select(OUTREACH_EVENT.c.kind, OUTREACH_EVENT.c.message_id)).all() == [
+            ("unknown", marketing)
+        ]
+
+    sender = RecordingSender()
+    outbox = Outbox(db, {"sms": sender}, lambda *_: (), clock=Clock())
+    assert asyncio.run(outbox.deliver_due()) == 1  # the reply goes again; the unknown offer never does
+    assert [m.message_id for m in sender.sent] == [reply]
+    assert recover_stuck(db, older_than=timedelta(minutes=1), now=START) == type(recovery)((), ())
+
+
+class Exploding:
+    channel = "sms"
+
+    async def send(self, message: Outgoing) -> str | None:
+        raise ConnectionResetError("connection reset after the request was written")
+
+
+def test_an_ambiguous_failure_makes_marketing_unknown_but_retries_a_reply(db: Engine) -> None:
+    offer = _outbound(db, marketing=True, status="queued", claimed_at=None)
+    reply = _outbound(db, marketing=False, status="queued", claimed_at=None)
+    outbox = Outbox(db, {"sms": Exploding()}, lambda *_: (), clock=Clock())
+    asyncio.run(outbox.deliver([offer, reply]))
+    assert _row(db, offer)["status"] == "unknown"
+    assert "ConnectionResetError" in str(_row(db, offer)["error"])
+    assert (_row(db, reply)["status"], _row(db, reply)["attempts"]) == ("queued", 1)
+    assert _row(db, offer)["claimed_at"] == START
+
+
+def test_a_queued_offer_is_not_sent_after_the_customer_opted_out(db: Engine) -> None:
+    from storage.tables import CUSTOMER
+
+    offer = _outbound(db, marketing=True, status="queued", claimed_at=None)
+    with db.begin() as conn:
+        conn.execute(update(CUSTOMER).values(opted_out_at=START))
+    sender = RecordingSender()
+    asyncio.run(Outbox(db, {"sms": sender}, lambda *_: (), clock=Clock()).deliver([offer]))
+    assert sender.sent == []
+    assert (_row(db, offer)["status"], _row(db, offer)["error"]) == ("failed", "contact policy: opted out")

@@ -1,0 +1,265 @@
+"""The daily proactive-suggestion scan: every customer whose usage says another plan pays gets one
+personal message with the numbers and YES/NO, if the contact policy lets it go.
+
+A plain function of its inputs (the scheduler job calls it with the clock's time). Each customer
+is decided in a transaction of its own that holds the customer's dialog lock, so a re-run, or a
+customer texting meanwhile, never yields a second suggestion.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, insert, select, update
+from sqlmodel import SQLModel
+
+from dialogs.advisor import Advisor, explain
+from plans.fit import Fit, fit_book
+from schedulers.policy import Contact, Decision, PolicyConfig, decide
+from storage.models import DeliveryStatus, Direction, PendingKind
+from storage.outreach_models import OUTREACH_EVENT
+from storage.queries import address_hash
+from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, STATE
+from storage.turns import unsent_suggestion
+
+SUPPRESSION: Table = SQLModel.metadata.tables["suppression"]
+
+SUGGESTION_INTENT = "suggestion"
+# Proactive messages that count against the frequency cap: all but those that never left.
+CAPPED_STATUSES = (
+    DeliveryStatus.QUEUED,
+    DeliveryStatus.SENDING,
+    DeliveryStatus.SENT,
+    DeliveryStatus.DELIVERED,
+    DeliveryStatus.UNKNOWN,
+)
+# The customer is answering something else: a suggestion now would hijack their YES/NO.
+_BUSY = (PendingKind.RECONFIRM, PendingKind.CONFIRM_FORGET, PendingKind.CONFIRM_STOP)
+
+
+class ScanSkip:
+    """Reasons the scan itself skips a customer (the policy's are in :class:`policy.Skip`)."""
+
+    NO_SUGGESTION = "no_suggestion"
+    SUGGESTION_PENDING = "suggestion_pending"
+    DIALOG_BUSY = "dialog_busy"
+
+
+@dataclass(slots=True)
+class ScanReport:
+    """What one scan did: customers with a suggestion, messages queued to go now, deferred to a
+    later allowed moment (also queued), and skips by reason."""
+
+    considered: int = 0
+    queued: int = 0
+    deferred: int = 0
+    skipped_by_reason: Counter[str] = field(default_factory=Counter)
+    message_ids: list[int] = field(default_factory=list)
+
+
+def scan(
+    db: Engine, advisor: Advisor, config: PolicyConfig, now: datetime, *, batch_size: int = 20_000
+) -> ScanReport:
+    """Queue a suggestion for every customer whose fit suggests a plan and who may be contacted."""
+    report = ScanReport()
+    with db.connect() as conn:
+        catalog = advisor.catalog(conn)
+        candidates = [
+            fit.customer_id
+            for _, fit in fit_book(conn, catalog, advisor.roles, advisor.config.fit, batch_size=batch_size)
+            if fit.suggest
+        ]
+    for customer_id in candidates:
+        report.considered += 1
+        with db.begin() as conn:
+            _one(conn, advisor, config, now, customer_id, report)
+    return report
+
+
+def _one(
+    conn: Connection,
+    advisor: Advisor,
+    config: PolicyConfig,
+    now: datetime,
+    customer_id: int,
+    report: ScanReport,
+) -> None:
+    state = _lock_state(conn, customer_id)
+    customer = dict(conn.execute(select(CUSTOMER).where(CUSTOMER.c.id == customer_id)).one()._mapping)
+    query = select(PREFERENCE.c.key, PREFERENCE.c.value).where(PREFERENCE.c.customer_id == customer_id)
+    prefs: dict[str, Any] = {row.key: row.value for row in conn.execute(query)}
+
+    def skip(reason: str, plan_id: str | None = None) -> None:
+        report.skipped_by_reason[reason] += 1
+        _event(conn, customer_id, "skipped", reason, plan_id, None, now)
+
+    if state["pending_kind"] == PendingKind.SUGGESTION or unsent_suggestion(conn, customer_id=customer_id):
+        skip(ScanSkip.SUGGESTION_PENDING)
+        return
+    if state["pending_kind"] in _BUSY:
+        skip(ScanSkip.DIALOG_BUSY)
+        return
+    advice = advisor.advise(
+        conn,
+        customer_id=customer_id,
+        current_plan=customer["current_plan_id"],
+        preferences=prefs,
+        now=now,
+    )
+    fit: Fit = advice.fit
+    if not fit.suggest or fit.best_plan is None:
+        skip(ScanSkip.NO_SUGGESTION)
+        return
+    channel, address = _channel(conn, customer, prefs, config)
+    contact = Contact(
+        marketing_consent=bool(customer["marketing_consent"]),
+        opted_out=customer["opted_out_at"] is not None,
+        erased=customer["erased_at"] is not None,
+        suppressed=bool(channel and address and _suppressed(conn, channel, address)),
+        declined=not advice.offer,
+        timezone=customer["timezone"],
+        phone=customer["phone"],
+        channel=channel,
+        address=address,
+        contact_time=prefs.get("contact_time"),
+        recent=_recent(conn, customer_id),
+    )
+    decision = decide(contact, now, config)
+    if not decision.allowed and not decision.deferred:
+        assert decision.reason is not None
+        skip(decision.reason, fit.best_plan)
+        return
+    assert channel is not None and address is not None
+    message_id = _queue(conn, customer_id, channel, address, explain(advice), decision, now)
+    conn.execute(
+        update(STATE)
+        .where(STATE.c.customer_id == customer_id)
+        .values(
+            pending_kind=PendingKind.SUGGESTION,
+            pending_key=f"plan:{fit.best_plan}",
+            reask_count=0,
+            version=STATE.c.version + 1,
+        )
+    )
+    kind = "queued" if decision.allowed else "deferred"
+    _event(conn, customer_id, kind, decision.reason, fit.best_plan, message_id, now)
+    report.message_ids.append(message_id)
+    if decision.allowed:
+        report.queued += 1
+    else:
+        report.deferred += 1
+
+
+def _lock_state(conn: Connection, customer_id: int) -> Mapping[str, Any]:
+    """The customer's dialog state, locked as a turn locks it (created when there is none)."""
+    query = select(STATE).where(STATE.c.customer_id == customer_id).with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        conn.execute(insert(STATE).values(customer_id=customer_id, reask_count=0, deferred={}, version=0))
+        row = conn.execute(query).one()
+    return dict(row._mapping)
+
+
+def _channel(
+    conn: Connection, customer: Mapping[str, Any], prefs: Mapping[str, Any], config: PolicyConfig
+) -> tuple[str | None, str | None]:
+    """The preferred channel and the customer's address on it. Without a stated preference: the
+    channel they last wrote on (of those proactive messages use), else SMS to their phone."""
+    preferred = prefs.get("contact_channel")
+    if isinstance(preferred, str):
+        if preferred == "email":
+            return preferred, customer["email"]
+        address = conn.execute(
+            select(IDENTITY.c.address)
+            .where(IDENTITY.c.customer_id == customer["id"], IDENTITY.c.channel == preferred)
+            .order_by(IDENTITY.c.id.desc())
+            .limit(1)
+        ).scalar()
+        if address is None and preferred == "sms":
+            address = customer["phone"]
+        return preferred, address
+    last = conn.execute(
+        select(MESSAGE.c.channel, MESSAGE.c.address)
+        .where(
+            MESSAGE.c.customer_id == customer["id"],
+            MESSAGE.c.direction == Direction.IN,
+            MESSAGE.c.channel.in_(sorted(config.channels)),
+        )
+        .order_by(MESSAGE.c.id.desc())
+        .limit(1)
+    ).first()
+    if last is not None:
+        return last[0], last[1]
+    return ("sms", customer["phone"]) if customer["phone"] else (None, None)
+
+
+def _suppressed(conn: Connection, channel: str, address: str) -> bool:
+    digest = address_hash(channel, address)
+    query = select(SUPPRESSION.c.id).where(
+        SUPPRESSION.c.channel == channel, SUPPRESSION.c.address_hash == digest
+    )
+    return conn.execute(query.limit(1)).first() is not None
+
+
+def _recent(conn: Connection, customer_id: int) -> list[datetime]:
+    """When each proactive message of the customer went (or is due to go)."""
+    rows = conn.execute(
+        select(MESSAGE.c.sent_at, MESSAGE.c.next_attempt_at, MESSAGE.c.created_at).where(
+            MESSAGE.c.customer_id == customer_id,
+            MESSAGE.c.direction == Direction.OUT,
+            MESSAGE.c.marketing.is_(True),
+            MESSAGE.c.status.in_(CAPPED_STATUSES),
+        )
+    ).all()
+    return [sent or due or created for sent, due, created in rows]
+
+
+def _queue(
+    conn: Connection,
+    customer_id: int,
+    channel: str,
+    address: str,
+    text: str,
+    decision: Decision,
+    now: datetime,
+) -> int:
+    return int(
+        conn.execute(
+            insert(MESSAGE)
+            .values(
+                customer_id=customer_id,
+                channel=channel,
+                direction=Direction.OUT,
+                address=address,
+                text=text,
+                intent=SUGGESTION_INTENT,
+                needs_review=False,
+                status=DeliveryStatus.QUEUED,
+                attempts=0,
+                marketing=True,
+                next_attempt_at=None if decision.allowed else decision.next_allowed_at,
+                created_at=now,
+            )
+            .returning(MESSAGE.c.id)
+        ).scalar_one()
+    )
+
+
+def _event(
+    conn: Connection,
+    customer_id: int,
+    kind: str,
+    reason: str | None,
+    plan_id: str | None,
+    message_id: int | None,
+    at: datetime,
+) -> None:
+    conn.execute(
+        insert(OUTREACH_EVENT).values(
+            customer_id=customer_id, kind=kind, reason=reason, plan_id=plan_id, message_id=message_id, at=at
+        )
+    )

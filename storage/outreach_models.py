@@ -1,0 +1,49 @@
+"""Tables of the proactive path: what the contact policy decided per customer, and the delivery
+of switch requests to the billing system."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, Table
+from sqlmodel import Column, Field, SQLModel
+
+from storage.models import UTCDateTime, utcnow
+
+
+class OutreachEvent(SQLModel, table=True):
+    """One decision about a proactive message: queued, deferred, skipped (with the rule that
+    stopped it) or ``unknown`` (a crash hid whether it went)."""
+
+    __tablename__ = "outreach_event"
+    __table_args__ = (Index("ix_outreach_event_customer_at", "customer_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customer.id", ondelete="CASCADE"), nullable=False)
+    )
+    kind: str = Field(max_length=16)
+    reason: str | None = Field(default=None, max_length=64)
+    plan_id: str | None = Field(default=None, max_length=64)
+    message_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="SET NULL"), nullable=True)
+    )
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class BillingDelivery(SQLModel, table=True):
+    """How handing one switch request to the billing system went."""
+
+    __tablename__ = "billing_delivery"
+
+    switch_request_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("switch_request.id", ondelete="CASCADE"), primary_key=True)
+    )
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
+    next_attempt_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    delivered_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+
+
+OUTREACH_EVENT: Table = SQLModel.metadata.tables["outreach_event"]
+BILLING_DELIVERY: Table = SQLModel.metadata.tables["billing_delivery"]
