@@ -184,12 +184,17 @@ def sqlite_connect(path: str) -> Callable[[], object]:
     return connect
 
 
-def bench_backend(backend: str, customers: int, bank: QuestionBank, repeat: int) -> tuple[Result, Result]:
-    """The median (by total time) of ``repeat`` alternating runs of the engine and the baseline."""
+def bench_backend(
+    backend: str, customers: int, bank: QuestionBank, repeat: int
+) -> tuple[Result, Result, float]:
+    """``repeat`` back-to-back pairs of runs (engine, then baseline): the median engine run, the
+    median baseline run, and the median of the pairs' time ratios. Pairing matters: the disk's
+    speed drifts over minutes, and a ratio of two runs made at the same time cancels that out."""
     runs = [_bench_once(backend, customers, bank) for _ in range(repeat)]
     engines = sorted((r[0] for r in runs), key=lambda r: r.seconds)
     baselines = sorted((r[1] for r in runs), key=lambda r: r.seconds)
-    return engines[len(runs) // 2], baselines[len(runs) // 2]
+    ratio = statistics.median(e.seconds / b.seconds for e, b in runs)
+    return engines[len(runs) // 2], baselines[len(runs) // 2], ratio
 
 
 def _bench_once(backend: str, customers: int, bank: QuestionBank) -> tuple[Result, Result]:
@@ -223,12 +228,11 @@ def main() -> None:
         title=f"turns through handle() ({args.customers} customers x {len(SCRIPT)} messages, "
         f"median of {args.repeat} runs)"
     )
-    for col in ("backend", "run", "turns", "turns/s", "p50 ms", "p99 ms", "time vs baseline"):
+    for col in ("backend", "run", "turns", "turns/s", "p50 ms", "p99 ms", "time vs baseline (median pair)"):
         table.add_column(col, justify="right" if col not in ("backend", "run") else "left")
     figures = []
     for backend in args.backends.split(","):
-        engine, baseline = bench_backend(backend, args.customers, bank, args.repeat)
-        ratio = engine.seconds / baseline.seconds
+        engine, baseline, ratio = bench_backend(backend, args.customers, bank, args.repeat)
         for r in (baseline, engine):
             table.add_row(
                 backend,
