@@ -95,7 +95,7 @@ def run(
 
     from bot.components import components
     from bot.services import build_services
-    from bot.web import create_app
+    from bot.web import create_app, make_scheduler
     from schedulers.delivery import recover_stuck
 
     runtime = _runtime()
@@ -119,9 +119,8 @@ def run(
     for part in components(runtime.settings, services, host=host, port=port):
         table.add_row(part.name, "[green]on[/green]" if part.on else "[yellow]off[/yellow]", part.detail)
     console.print(table)
-    uvicorn.run(
-        create_app(runtime, services), host=host, port=port, log_level=runtime.settings.log_level.lower()
-    )
+    app = create_app(runtime, services, scheduler=make_scheduler(runtime, services))
+    uvicorn.run(app, host=host, port=port, log_level=runtime.settings.log_level.lower())
 
 
 telegram_app = typer.Typer(help="The Telegram channel on its own (development).", invoke_without_command=True)

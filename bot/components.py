@@ -46,5 +46,11 @@ def components(
         Component(
             "outbox", bool(services), "sends queued replies, retries failures" if services else "no channel"
         ),
-        Component("scheduler", False, "this build has no scheduled jobs yet"),
+        Component(
+            "scheduler",
+            True,
+            f"suggestion scan daily at {settings.proactive_scan_at:%H:%M} UTC, nudges, recovery"
+            + (", billing" if settings.billing_webhook_url else "")
+            + " (one leader among processes)",
+        ),
     ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import time, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +16,8 @@ from dialogs.advisor import AdviceConfig
 from dialogs.engine import EngineConfig
 from plans.fit import FitConfig
 from schedulers.billing import BillingConfig
+from schedulers.jobs import ScheduleConfig
+from schedulers.nudges import NudgeConfig
 from schedulers.policy import PolicyConfig, Window
 
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "your-token-here", "xxx", "todo"}
@@ -67,6 +69,12 @@ class Settings(BaseSettings):
     proactive_cap: int = Field(default=1, ge=1)
     proactive_cap_days: float = Field(default=7, gt=0)
     stuck_sending_minutes: float = Field(default=5, gt=0)
+    proactive_scan_at: time = time(9, 0)  # UTC
+    nudge_max: int = Field(default=2, ge=0)
+    nudge_spacing_days: float = Field(default=3, gt=0)
+    nudge_after_hours: float = Field(default=48, gt=0)
+    nudge_every_minutes: float = Field(default=60, gt=0)
+    scheduler_leader_retry_seconds: float = Field(default=5, gt=0)
     billing_webhook_url: str | None = None
     billing_webhook_secret: SecretStr | None = None
 
@@ -131,6 +139,20 @@ class Settings(BaseSettings):
             cap=self.proactive_cap,
             cap_period=timedelta(days=self.proactive_cap_days),
             channels=channels,
+        )
+
+    def nudge_config(self) -> NudgeConfig:
+        """Nudges to customers who left their profile half done."""
+        return NudgeConfig(
+            self.nudge_max, timedelta(days=self.nudge_spacing_days), timedelta(hours=self.nudge_after_hours)
+        )
+
+    def schedule_config(self) -> ScheduleConfig:
+        """When the scheduled jobs run."""
+        return ScheduleConfig(
+            scan_at=self.proactive_scan_at,
+            nudge_every=timedelta(minutes=self.nudge_every_minutes),
+            leader_retry=self.scheduler_leader_retry_seconds,
         )
 
     def billing_config(self) -> BillingConfig | None:

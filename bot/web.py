@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -18,6 +19,7 @@ from bot.channels.base import ChannelService
 from bot.console import ConsoleConfig, mount_console
 from bot.runtime import Runtime
 from schedulers.delivery import Outbox
+from schedulers.jobs import JobContext, Scheduler, run_scheduler
 from storage.db import database_status
 
 log = logging.getLogger(__name__)
@@ -28,12 +30,28 @@ def make_outbox(runtime: Runtime, services: Sequence[ChannelService]) -> Outbox:
     return Outbox(runtime.db, {s.name: s.sender for s in services}, runtime.dialog.reply_options)
 
 
+def make_scheduler(runtime: Runtime, services: Sequence[ChannelService]) -> Scheduler:
+    """The scheduled jobs (suggestion scan, nudges, billing, recovery) for this process."""
+    s = runtime.settings
+    context = JobContext(
+        db=runtime.db,
+        advisor=runtime.dialog.advisor,
+        bank=runtime.bank,
+        policy=s.policy_config(frozenset(x.name for x in services)),
+        nudges=s.nudge_config(),
+        billing=s.billing_config(),
+        stuck_after=timedelta(minutes=s.stuck_sending_minutes),
+    )
+    return Scheduler(context, s.schedule_config())
+
+
 def create_app(
     runtime: Runtime,
     services: Sequence[ChannelService] = (),
     *,
     outbox: Outbox | None = None,
     console: ConsoleConfig | None = None,
+    scheduler: Scheduler | None = None,
 ) -> FastAPI:
     """The ASGI app served by ``rapport run``: health, channel webhooks and the console
     (``console`` overrides the console's settings, e.g. a test clock)."""
@@ -44,17 +62,22 @@ def create_app(
         started: list[ChannelService] = []
         stop = asyncio.Event()
         sending: asyncio.Task[None] | None = None
+        scheduling: asyncio.Task[None] | None = None
         try:
             for service in services:
                 await service.start()
                 started.append(service)
             if services:
                 sending = asyncio.create_task(outbox.run(stop=stop))
+            if scheduler is not None:
+                scheduling = asyncio.create_task(run_scheduler(scheduler, stop))
             yield
         finally:
             stop.set()
             if sending is not None:
                 await sending
+            if scheduling is not None:
+                await scheduling
             for service in reversed(started):
                 try:
                     await service.stop()

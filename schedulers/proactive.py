@@ -88,14 +88,14 @@ def _one(
     customer_id: int,
     report: ScanReport,
 ) -> None:
-    state = _lock_state(conn, customer_id)
+    state = lock_state(conn, customer_id)
     customer = dict(conn.execute(select(CUSTOMER).where(CUSTOMER.c.id == customer_id)).one()._mapping)
     query = select(PREFERENCE.c.key, PREFERENCE.c.value).where(PREFERENCE.c.customer_id == customer_id)
     prefs: dict[str, Any] = {row.key: row.value for row in conn.execute(query)}
 
     def skip(reason: str, plan_id: str | None = None) -> None:
         report.skipped_by_reason[reason] += 1
-        _event(conn, customer_id, "skipped", reason, plan_id, None, now)
+        record_event(conn, customer_id, "skipped", reason, plan_id, None, now)
 
     if state["pending_kind"] == PendingKind.SUGGESTION or unsent_suggestion(conn, customer_id=customer_id):
         skip(ScanSkip.SUGGESTION_PENDING)
@@ -114,19 +114,19 @@ def _one(
     if not fit.suggest or fit.best_plan is None:
         skip(ScanSkip.NO_SUGGESTION)
         return
-    channel, address = _channel(conn, customer, prefs, config)
+    channel, address = channel_for(conn, customer, prefs, config)
     contact = Contact(
         marketing_consent=bool(customer["marketing_consent"]),
         opted_out=customer["opted_out_at"] is not None,
         erased=customer["erased_at"] is not None,
-        suppressed=bool(channel and address and _suppressed(conn, channel, address)),
+        suppressed=bool(channel and address and suppressed(conn, channel, address)),
         declined=not advice.offer,
         timezone=customer["timezone"],
         phone=customer["phone"],
         channel=channel,
         address=address,
         contact_time=prefs.get("contact_time"),
-        recent=_recent(conn, customer_id),
+        recent=recent_proactive(conn, customer_id),
     )
     decision = decide(contact, now, config)
     if not decision.allowed and not decision.deferred:
@@ -134,7 +134,7 @@ def _one(
         skip(decision.reason, fit.best_plan)
         return
     assert channel is not None and address is not None
-    message_id = _queue(conn, customer_id, channel, address, explain(advice), decision, now)
+    message_id = queue_message(conn, customer_id, channel, address, explain(advice), decision, now)
     conn.execute(
         update(STATE)
         .where(STATE.c.customer_id == customer_id)
@@ -146,7 +146,7 @@ def _one(
         )
     )
     kind = "queued" if decision.allowed else "deferred"
-    _event(conn, customer_id, kind, decision.reason, fit.best_plan, message_id, now)
+    record_event(conn, customer_id, kind, decision.reason, fit.best_plan, message_id, now)
     report.message_ids.append(message_id)
     if decision.allowed:
         report.queued += 1
@@ -154,7 +154,7 @@ def _one(
         report.deferred += 1
 
 
-def _lock_state(conn: Connection, customer_id: int) -> Mapping[str, Any]:
+def lock_state(conn: Connection, customer_id: int) -> Mapping[str, Any]:
     """The customer's dialog state, locked as a turn locks it (created when there is none)."""
     query = select(STATE).where(STATE.c.customer_id == customer_id).with_for_update()
     row = conn.execute(query).first()
@@ -164,7 +164,7 @@ def _lock_state(conn: Connection, customer_id: int) -> Mapping[str, Any]:
     return dict(row._mapping)
 
 
-def _channel(
+def channel_for(
     conn: Connection, customer: Mapping[str, Any], prefs: Mapping[str, Any], config: PolicyConfig
 ) -> tuple[str | None, str | None]:
     """The preferred channel and the customer's address on it. Without a stated preference: the
@@ -197,7 +197,8 @@ def _channel(
     return ("sms", customer["phone"]) if customer["phone"] else (None, None)
 
 
-def _suppressed(conn: Connection, channel: str, address: str) -> bool:
+def suppressed(conn: Connection, channel: str, address: str) -> bool:
+    """Whether the address belongs to an erased customer (never messaged unprompted)."""
     digest = address_hash(channel, address)
     query = select(SUPPRESSION.c.id).where(
         SUPPRESSION.c.channel == channel, SUPPRESSION.c.address_hash == digest
@@ -205,7 +206,7 @@ def _suppressed(conn: Connection, channel: str, address: str) -> bool:
     return conn.execute(query.limit(1)).first() is not None
 
 
-def _recent(conn: Connection, customer_id: int) -> list[datetime]:
+def recent_proactive(conn: Connection, customer_id: int) -> list[datetime]:
     """When each proactive message of the customer went (or is due to go)."""
     rows = conn.execute(
         select(MESSAGE.c.sent_at, MESSAGE.c.next_attempt_at, MESSAGE.c.created_at).where(
@@ -218,7 +219,7 @@ def _recent(conn: Connection, customer_id: int) -> list[datetime]:
     return [sent or due or created for sent, due, created in rows]
 
 
-def _queue(
+def queue_message(
     conn: Connection,
     customer_id: int,
     channel: str,
@@ -226,7 +227,11 @@ def _queue(
     text: str,
     decision: Decision,
     now: datetime,
+    *,
+    intent: str = SUGGESTION_INTENT,
+    question_key: str | None = None,
 ) -> int:
+    """Queue a proactive (marketing) message; deferred to the policy's next allowed moment."""
     return int(
         conn.execute(
             insert(MESSAGE)
@@ -236,7 +241,8 @@ def _queue(
                 direction=Direction.OUT,
                 address=address,
                 text=text,
-                intent=SUGGESTION_INTENT,
+                intent=intent,
+                question_key=question_key,
                 needs_review=False,
                 status=DeliveryStatus.QUEUED,
                 attempts=0,
@@ -249,7 +255,7 @@ def _queue(
     )
 
 
-def _event(
+def record_event(
     conn: Connection,
     customer_id: int,
     kind: str,
@@ -258,6 +264,7 @@ def _event(
     message_id: int | None,
     at: datetime,
 ) -> None:
+    """Record what outreach did for a customer (queued, deferred, skipped and why)."""
     conn.execute(
         insert(OUTREACH_EVENT).values(
             customer_id=customer_id, kind=kind, reason=reason, plan_id=plan_id, message_id=message_id, at=at

@@ -111,8 +111,14 @@ FTS_TABLE = "message_fts"
 PG_FTS_INDEX = "ix_message_text_fts"
 
 
+SCHEDULER_TABLE_PREFIX = "apscheduler_"  # APScheduler's own job store (created by it, not a migration)
+
+
 def include_in_autogenerate(name: str | None, type_: str, parent_names: Any) -> bool:
-    """Alembic ``include_name`` hook: leave the full-text search objects out of comparisons."""
-    if type_ == "table" and name is not None and name.startswith(FTS_TABLE):
+    """Alembic ``include_name`` hook: leave the full-text search objects and APScheduler's job
+    store out of comparisons."""
+    if type_ == "table" and name is not None and name.startswith((FTS_TABLE, SCHEDULER_TABLE_PREFIX)):
+        return False
+    if type_ == "index" and name is not None and "apscheduler" in name:
         return False
     return not (type_ == "index" and name == PG_FTS_INDEX)

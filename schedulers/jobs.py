@@ -1,0 +1,275 @@
+"""The scheduler: APScheduler 3 with its jobs persisted in Rapport's database, run by one leader.
+
+Jobs are module-level functions without arguments, so the job store keeps only a reference
+(``schedulers.jobs:daily_scan``); they take their inputs from the :class:`JobContext` the running
+process bound with :func:`bind` and call plain cores that take explicit inputs
+(:func:`schedulers.proactive.scan`, :func:`schedulers.nudges.nudge`,
+:func:`schedulers.billing.deliver_switches`, :func:`schedulers.delivery.recover_stuck`).
+
+Missed runs (no leader at the time, a restart): every job has ``coalesce=True`` (however many runs
+were missed, it runs once) and a ``misfire_grace_time`` (how late it may still run; later than
+that the run is skipped and the next regular one is waited for): the daily scan 6 hours, nudges
+30 minutes, billing 1 minute, the stuck-message recovery 5 minutes. ``max_instances=1``. Jobs are
+safe to overlap anyway: each customer is decided under their dialog lock.
+
+``BackgroundScheduler``, not ``AsyncIOScheduler``: the job store and the jobs are synchronous
+database work (a scan may take a while, SQLite may wait on its write lock) that must not block the
+web app's event loop; its own thread and a small thread pool keep them off it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+
+from dialogs.advisor import Advisor
+from dialogs.bank import QuestionBank
+from schedulers.billing import BillingConfig, BillingReport, deliver_switches
+from schedulers.delivery import Recovery, recover_stuck
+from schedulers.leader import LeaderLock, leader_lock
+from schedulers.nudges import NudgeConfig, NudgeReport, nudge
+from schedulers.policy import PolicyConfig
+from schedulers.proactive import ScanReport, scan
+from storage.models import utcnow
+
+log = logging.getLogger(__name__)
+
+JOBSTORE_TABLE = "apscheduler_jobs"  # APScheduler's own table, created by it (not a migration)
+SCAN_JOB, NUDGE_JOB, BILLING_JOB, RECOVER_JOB = "proactive-scan", "nudges", "billing", "recover-stuck"
+GRACE = {
+    SCAN_JOB: timedelta(hours=6),
+    NUDGE_JOB: timedelta(minutes=30),
+    BILLING_JOB: timedelta(minutes=1),
+    RECOVER_JOB: timedelta(minutes=5),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What the jobs work with, built once by the process that runs the scheduler."""
+
+    db: Engine
+    advisor: Advisor
+    bank: QuestionBank
+    policy: PolicyConfig
+    nudges: NudgeConfig
+    billing: BillingConfig | None
+    stuck_after: timedelta
+    clock: Callable[[], datetime] = utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    """When jobs run (settings ``PROACTIVE_SCAN_AT`` in UTC, ``NUDGE_EVERY_MINUTES``,
+    ``SCHEDULER_LEADER_RETRY_SECONDS``); billing runs every minute when configured."""
+
+    scan_at: time = time(9, 0)
+    nudge_every: timedelta = timedelta(hours=1)
+    billing_every: timedelta = timedelta(minutes=1)
+    leader_retry: float = 5.0
+
+
+_context: JobContext | None = None
+
+
+def bind(context: JobContext | None) -> None:
+    """Make ``context`` what this process's jobs use (None: unbind)."""
+    global _context
+    _context = context
+
+
+def _bound() -> JobContext:
+    if _context is None:
+        raise RuntimeError("no job context bound in this process: call schedulers.jobs.bind() first")
+    return _context
+
+
+def daily_scan() -> ScanReport:
+    """Job: the daily proactive-suggestion scan (deferred messages go out via the outbox loop)."""
+    ctx = _bound()
+    report = scan(ctx.db, ctx.advisor, ctx.policy, ctx.clock())
+    log.info(
+        "proactive scan: %d considered, %d queued, %d deferred, skipped %s",
+        report.considered,
+        report.queued,
+        report.deferred,
+        dict(report.skipped_by_reason),
+    )
+    return report
+
+
+def send_nudges() -> NudgeReport:
+    """Job: nudge customers who left the profile half done."""
+    ctx = _bound()
+    report = nudge(ctx.db, ctx.bank, ctx.nudges, ctx.policy, ctx.clock())
+    log.info("nudges: %d queued, skipped %s", report.queued, dict(report.skipped_by_reason))
+    return report
+
+
+def deliver_billing() -> BillingReport | None:
+    """Job: POST due switch requests to billing (nothing when no webhook is configured)."""
+    ctx = _bound()
+    if ctx.billing is None:
+        return None
+    return deliver_switches(ctx.db, ctx.billing, now=ctx.clock())
+
+
+def recover() -> Recovery:
+    """Job: settle messages a dead process left in ``sending``."""
+    ctx = _bound()
+    return recover_stuck(ctx.db, older_than=ctx.stuck_after, now=ctx.clock())
+
+
+def _ref(func: Callable[..., Any]) -> str:
+    return f"{func.__module__}:{func.__qualname__}"
+
+
+def job_specs(schedule: ScheduleConfig, context: JobContext) -> dict[str, tuple[str, BaseTrigger]]:
+    """Job id -> (function reference, trigger) for this configuration."""
+    specs: dict[str, tuple[str, BaseTrigger]] = {
+        SCAN_JOB: (
+            _ref(daily_scan),
+            CronTrigger(hour=schedule.scan_at.hour, minute=schedule.scan_at.minute, timezone=UTC),
+        ),
+        NUDGE_JOB: (_ref(send_nudges), IntervalTrigger(seconds=schedule.nudge_every.total_seconds())),
+        RECOVER_JOB: (_ref(recover), IntervalTrigger(seconds=context.stuck_after.total_seconds())),
+    }
+    if context.billing is not None:
+        specs[BILLING_JOB] = (
+            _ref(deliver_billing),
+            IntervalTrigger(seconds=schedule.billing_every.total_seconds()),
+        )
+    return specs
+
+
+def ensure_jobs(scheduler: BackgroundScheduler, specs: dict[str, tuple[str, BaseTrigger]]) -> None:
+    """Add the jobs, keeping a stored job whose function and trigger are unchanged (so its
+    missed run still fires under the misfire policy), replacing changed ones, removing those
+    no longer configured."""
+    for job_id in (BILLING_JOB,):
+        if job_id not in specs and scheduler.get_job(job_id) is not None:
+            scheduler.remove_job(job_id)
+    for job_id, (func, trigger) in specs.items():
+        policy = {
+            "coalesce": True,
+            "misfire_grace_time": int(GRACE[job_id].total_seconds()),
+            "max_instances": 1,
+        }
+        existing = scheduler.get_job(job_id)
+        if existing is not None and existing.func_ref == func and str(existing.trigger) == str(trigger):
+            scheduler.modify_job(job_id, **policy)
+            continue
+        scheduler.add_job(func, trigger, id=job_id, name=job_id, replace_existing=True, **policy)
+
+
+def make_apscheduler(db: Engine, *, table: str = JOBSTORE_TABLE) -> BackgroundScheduler:
+    """An APScheduler whose jobs live in ``db`` (table ``table``), in UTC, with 2 worker threads."""
+    return BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=db, tablename=table)},
+        executors={"default": ThreadPoolExecutor(2)},
+        timezone=UTC,
+    )
+
+
+class Scheduler:
+    """Runs the jobs in this process while it is the leader; the others wait to take over.
+
+    A thread tries the :class:`~schedulers.leader.LeaderLock` every ``leader_retry`` seconds.
+    On winning it runs :func:`recover_stuck` once and starts APScheduler; when the lock is lost
+    (its connection died) it stops APScheduler and tries again like the others.
+    """
+
+    def __init__(
+        self,
+        context: JobContext,
+        schedule: ScheduleConfig | None = None,
+        *,
+        lock: LeaderLock | None = None,
+        table: str = JOBSTORE_TABLE,
+    ) -> None:
+        self.context = context
+        self.schedule = schedule or ScheduleConfig()
+        self.lock = lock or leader_lock(context.db)
+        self.table = table
+        self.apscheduler: BackgroundScheduler | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.became_leader = threading.Event()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.apscheduler is not None
+
+    def start(self) -> None:
+        """Bind the context and start competing for leadership (returns at once)."""
+        bind(self.context)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="rapport-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the jobs (waiting for a running one) and give leadership up."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.apscheduler is None:
+                    if self.lock.try_acquire():
+                        self._lead()
+                elif not self.lock.held():
+                    log.warning("lost the scheduler lock: stopping the jobs here")
+                    self._step_down()
+                self._stop.wait(self.schedule.leader_retry)
+        finally:
+            self._step_down()
+            self.lock.release()
+
+    def _lead(self) -> None:
+        log.info("this process now runs the scheduler")
+        try:
+            recovered = recover()
+            if recovered.unknown or recovered.requeued:
+                n_replies, n_unknown = len(recovered.requeued), len(recovered.unknown)
+                log.warning("recovered %d stuck replies; %d marketing now unknown", n_replies, n_unknown)
+            aps = make_apscheduler(self.context.db, table=self.table)
+            aps.start(paused=True)  # the job store is open: stored jobs can be looked at
+            ensure_jobs(aps, job_specs(self.schedule, self.context))
+            aps.resume()
+        except Exception:
+            log.exception("could not start the scheduler; trying again")
+            self.lock.release()
+            return
+        self.apscheduler = aps
+        self.became_leader.set()
+
+    def _step_down(self) -> None:
+        aps, self.apscheduler = self.apscheduler, None
+        self.became_leader.clear()
+        if aps is not None:
+            aps.shutdown(wait=True)
+
+
+async def run_scheduler(scheduler: Scheduler, stop: asyncio.Event) -> None:
+    """Run ``scheduler`` until ``stop`` is set (for an app's lifespan, next to the outbox loop)."""
+    await asyncio.to_thread(scheduler.start)
+    try:
+        await stop.wait()
+    finally:
+        await asyncio.to_thread(scheduler.stop)

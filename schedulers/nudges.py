@@ -1,0 +1,218 @@
+"""Nudges: a customer who left the profile half done is reminded of the question they did not answer.
+
+A customer is *half done* when they wrote to the bot at least once, the dialog is not finished and
+the question policy (:func:`dialogs.policy.next_step`) still has a question to ask. After
+``after`` of silence (no inbound message) they get a nudge that asks that question again, then
+further nudges ``spacing`` apart, at most ``max_nudges`` per silence: a message from the customer
+starts a new silence. Nudges are counted from the messages table (intent ``nudge``).
+
+Nudges are marketing: they pass the contact policy (:func:`schedulers.policy.decide`) and count
+towards its frequency cap. A nudge is queued only when the policy allows it *now*; when it says
+"later" (quiet hours, the cap) nothing is queued and the next run (the job runs every hour)
+tries again, so a nudge never waits in the outbox while the customer may answer meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+
+from dialogs.bank import QuestionBank
+from dialogs.policy import next_step
+from schedulers.policy import Contact, PolicyConfig, decide
+from schedulers.proactive import (
+    channel_for,
+    lock_state,
+    queue_message,
+    recent_proactive,
+    record_event,
+    suppressed,
+)
+from storage.models import Direction, PendingKind
+from storage.outreach_models import OUTREACH_EVENT
+from storage.tables import CUSTOMER, MESSAGE, STATE
+from storage.turns import TurnState, load_facts
+
+NUDGE_INTENT = "nudge"
+NUDGE_PREFIX = "Still there? "
+
+
+class NudgeSkip:
+    """Reasons a half-done customer gets no nudge now (the policy's are in :class:`policy.Skip`)."""
+
+    NOTHING_TO_ASK = "nothing_to_ask"
+    DIALOG_BUSY = "dialog_busy"
+    NOT_SILENT = "not_silent_long_enough"
+    SPACING = "nudged_recently"
+    MAX_REACHED = "max_nudges_reached"
+
+
+@dataclass(frozen=True, slots=True)
+class NudgeConfig:
+    """Settings ``NUDGE_MAX``, ``NUDGE_SPACING_DAYS``, ``NUDGE_AFTER_HOURS``."""
+
+    max_nudges: int = 2
+    spacing: timedelta = timedelta(days=3)
+    after: timedelta = timedelta(hours=48)
+
+    def __post_init__(self) -> None:
+        if self.max_nudges < 0:
+            raise ValueError("NUDGE_MAX cannot be negative")
+        if self.spacing <= timedelta(0) or self.after <= timedelta(0):
+            raise ValueError("NUDGE_SPACING_DAYS and NUDGE_AFTER_HOURS must be positive")
+
+
+@dataclass(slots=True)
+class NudgeReport:
+    """What one run did: half-done customers silent long enough, nudges queued, skips by reason."""
+
+    considered: int = 0
+    queued: int = 0
+    skipped_by_reason: Counter[str] = field(default_factory=Counter)
+    message_ids: list[int] = field(default_factory=list)
+
+
+def nudge(
+    db: Engine, bank: QuestionBank, config: NudgeConfig, policy: PolicyConfig, now: datetime
+) -> NudgeReport:
+    """Queue a nudge for every half-done customer who has been silent long enough and may be
+    contacted now. Each customer is decided in a transaction holding their dialog lock."""
+    report = NudgeReport()
+    if config.max_nudges == 0:
+        return report
+    last_in = (
+        select(MESSAGE.c.customer_id, func.max(MESSAGE.c.created_at).label("at"))
+        .where(MESSAGE.c.direction == Direction.IN, MESSAGE.c.customer_id.is_not(None))
+        .group_by(MESSAGE.c.customer_id)
+        .subquery()
+    )
+    query = (
+        select(STATE.c.customer_id)
+        .join(last_in, last_in.c.customer_id == STATE.c.customer_id)
+        .where(
+            STATE.c.finished_at.is_(None),
+            or_(STATE.c.pending_kind.is_(None), STATE.c.pending_kind == PendingKind.ASK),
+            last_in.c.at <= now - config.after,
+        )
+        .order_by(STATE.c.customer_id)
+    )
+    with db.connect() as conn:
+        candidates = list(conn.execute(query).scalars())
+    for customer_id in candidates:
+        report.considered += 1
+        with db.begin() as conn:
+            reason = _one(conn, bank, config, policy, now, customer_id, report)
+        if reason is not None:
+            report.skipped_by_reason[reason] += 1
+    return report
+
+
+def _one(
+    conn: Connection,
+    bank: QuestionBank,
+    config: NudgeConfig,
+    policy: PolicyConfig,
+    now: datetime,
+    customer_id: int,
+    report: NudgeReport,
+) -> str | None:
+    """Nudge one customer (under their lock); the reason when not."""
+    row = lock_state(conn, customer_id)
+    if row["finished_at"] is not None or row["pending_kind"] not in (None, PendingKind.ASK):
+        return NudgeSkip.DIALOG_BUSY  # the customer wrote meanwhile, or a yes/no is pending
+    last_in = conn.execute(
+        select(func.max(MESSAGE.c.created_at)).where(
+            MESSAGE.c.customer_id == customer_id, MESSAGE.c.direction == Direction.IN
+        )
+    ).scalar()
+    if last_in is None or last_in > now - config.after:
+        return NudgeSkip.NOT_SILENT
+    sent = conn.execute(
+        select(func.count(), func.max(MESSAGE.c.created_at)).where(
+            and_(
+                MESSAGE.c.customer_id == customer_id,
+                MESSAGE.c.direction == Direction.OUT,
+                MESSAGE.c.intent == NUDGE_INTENT,
+                MESSAGE.c.created_at > last_in,
+            )
+        )
+    ).one()
+    count, last_nudge = int(sent[0]), sent[1]
+    if count >= config.max_nudges:
+        return NudgeSkip.MAX_REACHED
+    if last_nudge is not None and now - last_nudge < config.spacing:
+        return NudgeSkip.SPACING
+    customer = dict(conn.execute(select(CUSTOMER).where(CUSTOMER.c.id == customer_id)).one()._mapping)
+    facts = load_facts(conn, customer_id=customer_id)
+    state = TurnState(
+        customer_id=customer_id,
+        name=customer["name"],
+        opted_out_at=customer["opted_out_at"],
+        pending_key=row["pending_key"],
+        pending_kind=row["pending_kind"],
+        reask_count=row["reask_count"],
+        deferred=dict(row["deferred"] or {}),
+        finished_at=row["finished_at"],
+        last_activity=row["last_activity"],
+        version=row["version"],
+        current_plan_id=customer["current_plan_id"],
+        has_usage=False,
+    )
+    step = next_step(bank, state, facts, now)
+    if step.question is None or step.kind != PendingKind.ASK:
+        return NudgeSkip.NOTHING_TO_ASK
+    prefs = {key: fact.value for key, fact in facts.items()}
+    channel, address = channel_for(conn, customer, prefs, policy)
+    contact = Contact(
+        marketing_consent=bool(customer["marketing_consent"]),
+        opted_out=customer["opted_out_at"] is not None,
+        erased=customer["erased_at"] is not None,
+        suppressed=bool(channel and address and suppressed(conn, channel, address)),
+        timezone=customer["timezone"],
+        phone=customer["phone"],
+        channel=channel,
+        address=address,
+        contact_time=prefs.get("contact_time"),
+        recent=recent_proactive(conn, customer_id),
+    )
+    decision = decide(contact, now, policy)
+    if not decision.allowed:
+        assert decision.reason is not None
+        if not decision.deferred and not _skip_recorded(conn, customer_id, last_in):
+            # A hard rule: recorded once per silence (the job runs hourly), like the scan's skips.
+            record_event(conn, customer_id, "nudge_skipped", decision.reason, None, None, now)
+        return decision.reason
+    assert channel is not None and address is not None
+    question = step.question
+    message_id = queue_message(
+        conn,
+        customer_id,
+        channel,
+        address,
+        NUDGE_PREFIX + question.text,
+        decision,
+        now,
+        intent=NUDGE_INTENT,
+        question_key=question.key,
+    )
+    conn.execute(
+        update(STATE)
+        .where(STATE.c.customer_id == customer_id)
+        .values(pending_key=question.key, pending_kind=PendingKind.ASK, version=STATE.c.version + 1)
+    )
+    record_event(conn, customer_id, "nudge_queued", None, None, message_id, now)
+    report.queued += 1
+    report.message_ids.append(message_id)
+    return None
+
+
+def _skip_recorded(conn: Connection, customer_id: int, since: datetime) -> bool:
+    query = select(OUTREACH_EVENT.c.id).where(
+        OUTREACH_EVENT.c.customer_id == customer_id,
+        OUTREACH_EVENT.c.kind == "nudge_skipped",
+        OUTREACH_EVENT.c.at > since,
+    )
+    return conn.execute(query.limit(1)).first() is not None
