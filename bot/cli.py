@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from bot.cli_broadcast import broadcast_app
 from bot.cli_data import import_app, plans_app
 from bot.runtime import Runtime, build_runtime
 from bot.settings import Settings, get_settings
@@ -24,6 +25,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(plans_app, name="plans")
 app.add_typer(import_app, name="import")
+app.add_typer(broadcast_app, name="broadcast")
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -82,6 +82,7 @@ class DeliveryStatus(StrEnum):
     UNDELIVERED = "undelivered"
     FAILED = "failed"
     UNKNOWN = "unknown"
+    CANCELLED = "cancelled"
 
 
 class PendingKind(StrEnum):
@@ -297,6 +298,7 @@ class PlanDecline(SQLModel, table=True):
     declined_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
 
 
+import storage.broadcast_models  # noqa: E402  (broadcast, broadcast_recipient)
 import storage.link_models  # noqa: E402  (registers the link_code table)
 import storage.outreach_models  # noqa: E402, F401  (outreach_event, billing_delivery)
 from storage.console_models import AuditEvent, ConsoleSession, MessageReview, TaughtSynonym, User  # noqa: E402, F401

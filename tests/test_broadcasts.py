@@ -1,0 +1,235 @@
+"""Broadcasts on both databases: create checks segment and template, dry-run counts each rule,
+send queues one message per recipient (idempotent, policy-timed, optionally at local time),
+status and cancel."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, insert, select, update
+
+from dialogs.advisor import Advisor
+from dialogs.engine import DialogEngine
+from schedulers import broadcasts as bc
+from schedulers.policy import PolicyConfig, Skip
+from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT
+from storage.tables import CUSTOMER, MESSAGE, SWITCH_REQUEST, USAGE
+from tests.test_dialog_plans import LIGHT, setup_customer
+
+CONFIG = PolicyConfig(default_timezone="UTC")
+MORNING_NY = datetime(2026, 4, 6, 14, 0, tzinfo=UTC)  # 10:00 in New York, 15:00 in London
+NIGHT_NY = datetime(2026, 4, 6, 3, 0, tzinfo=UTC)  # 23:00 the evening before in New York
+HEAVY = [(202601, "data_gb", "30"), (202602, "data_gb", "31"), (202603, "data_gb", "29")]
+SEGMENT = 'plan == "plus-20" and saving >= 10'
+TEMPLATE = (
+    "Hi {{ name }}, you use about {{ usage.data_gb }} a month on {{ current_plan }}. "
+    "{{ suggested_plan }} saves you {{ monthly_saving }} a month ({{ yearly_saving }} a year). Reply YES."
+)
+
+
+def add(db: Engine, name: str, phone: str, plan: str = "plus-20", usage: Any = LIGHT, **fields: Any) -> int:
+    with db.begin() as conn:
+        values = {"marketing_consent": True, "timezone": "America/New_York", **fields}
+        cid = int(
+            conn.execute(
+                insert(CUSTOMER)
+                .values(name=name, phone=phone, current_plan_id=plan, created_at=MORNING_NY, **values)
+                .returning(CUSTOMER.c.id)
+            ).scalar_one()
+        )
+        conn.execute(
+            insert(USAGE),
+            [
+                {"customer_id": cid, "period": p, "metric": m, "quantity_milli": int(Decimal(q) * 1000)}
+                for p, m, q in usage
+            ],
+        )
+        return cid
+
+
+@pytest.fixture
+def book(db: Engine) -> dict[str, int]:
+    """Dana (the fixture customer) and five more: each stopped by another rule, or not."""
+    setup_customer(db, LIGHT)
+    with db.begin() as conn:
+        conn.execute(update(CUSTOMER).values(marketing_consent=True, timezone="America/New_York"))
+        dana = int(conn.execute(select(CUSTOMER.c.id)).scalar_one())
+    ids = {
+        "dana": dana,
+        "eve": add(db, "Eve", "+14155550171", marketing_consent=False),
+        "finn": add(db, "Finn", "+14155550172", opted_out_at=MORNING_NY - timedelta(days=3)),
+        "gus": add(db, "Gus", "+14155550173", plan="unlimited", usage=HEAVY),
+        "hana": add(db, "Hana", "+442071838750", timezone=None),
+        "ivy": add(db, "Ivy", "+14155550175"),
+    }
+    with db.begin() as conn:  # Ivy had a marketing message yesterday: the cap defers her
+        conn.execute(
+            insert(MESSAGE).values(
+                customer_id=ids["ivy"], channel="sms", direction="out", address="+14155550175", text="x",
+                status="sent", marketing=True, sent_at=MORNING_NY - timedelta(days=1), created_at=MORNING_NY,
+            )
+        )  # fmt: skip
+    return ids
+
+
+def create(db: Engine, advisor: Advisor, segment: str = SEGMENT, template: str = TEMPLATE) -> int:
+    return bc.create(
+        db, advisor, name="spring", segment=segment, template=template, created_by="ops", now=NIGHT_NY
+    )
+
+
+def messages(db: Engine) -> dict[int, dict[str, Any]]:
+    with db.connect() as conn:
+        rows = conn.execute(select(MESSAGE).where(MESSAGE.c.intent == bc.BROADCAST_INTENT))
+        return {r.customer_id: dict(r._mapping) for r in rows}
+
+
+def test_create_stores_a_draft(db: Engine, dialog: DialogEngine, book: dict[str, int]) -> None:
+    bid = create(db, dialog.advisor)
+    with db.connect() as conn:
+        row = conn.execute(select(BROADCAST)).one()
+    assert (row.id, row.name, row.segment, row.status, row.created_by) == (
+        bid,
+        "spring",
+        SEGMENT,
+        "draft",
+        "ops",
+    )
+
+
+@pytest.mark.parametrize(
+    ("segment", "template", "error"),
+    [
+        ("plan ==", TEMPLATE, "segment: expected a value"),
+        ("avg(dtaa_gb) < 5", TEMPLATE, "unknown metric"),
+        (SEGMENT, "{{ ''.__class__.__mro__ }}", "template"),
+        (SEGMENT, "{{ name.__class__.__init__.__globals__ }}", "template"),
+        (SEGMENT, "{% for x in ().__class__.__base__.__subclasses__() %}{{ x }}{% endfor %}", "template"),
+        (SEGMENT, "Hi {{ nmae }}", "'nmae' is undefined"),
+        (SEGMENT, "Hi {{ name ", "template"),
+    ],
+)
+def test_create_refuses_bad_segments_and_unsafe_or_mistyped_templates(
+    db: Engine, dialog: DialogEngine, book: dict[str, int], segment: str, template: str, error: str
+) -> None:
+    with pytest.raises(bc.BroadcastError, match=error):
+        create(db, dialog.advisor, segment, template)
+    with db.connect() as conn:
+        assert conn.execute(select(BROADCAST)).first() is None
+
+
+def test_dry_run_counts_who_gets_it_and_who_is_excluded_by_which_rule(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    bid = create(db, dialog.advisor)
+    report = bc.dry_run(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    assert (report.considered, report.matched, report.would_queue) == (6, 5, 3)
+    assert dict(report.excluded) == {bc.SEGMENT: 1, Skip.NO_CONSENT: 1, Skip.OPTED_OUT: 1}
+    assert dict(report.deferred) == {Skip.FREQUENCY_CAP: 1}
+    night = bc.dry_run(db, dialog.advisor, CONFIG, bid, NIGHT_NY)  # quiet hours defer, not exclude
+    assert night.would_queue == 3 and night.deferred[Skip.QUIET_HOURS] == 2  # Dana, Hana (04:00 London)
+    assert messages(db) == {}
+
+
+def test_send_queues_one_message_per_recipient_and_a_second_send_adds_none(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    bid = create(db, dialog.advisor)
+    report = bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    assert (report.queued, dict(report.deferred)) == (3, {Skip.FREQUENCY_CAP: 1})
+    assert dict(report.excluded) == {Skip.NO_CONSENT: 1, Skip.OPTED_OUT: 1}
+    sent = messages(db)
+    assert set(sent) == {book["dana"], book["hana"], book["ivy"]}
+    dana = sent[book["dana"]]
+    assert dana["text"] == (
+        "Hi Dana, you use about 2.1 GB a month on Plus 20 GB. "
+        "Basic 5 GB saves you $20.00 a month ($240.00 a year). Reply YES."
+    )
+    assert (dana["status"], dana["marketing"], dana["direction"], dana["next_attempt_at"]) == (
+        "queued", True, "out", None,
+    )  # fmt: skip
+    assert sent[book["ivy"]]["next_attempt_at"] == MORNING_NY - timedelta(days=1) + CONFIG.cap_period
+    with db.connect() as conn:
+        rows = conn.execute(select(BROADCAST_RECIPIENT.c.customer_id, BROADCAST_RECIPIENT.c.status)).all()
+        assert conn.execute(select(BROADCAST.c.status)).scalar_one() == "scheduled"
+    assert sorted(s for _, s in rows) == ["excluded", "excluded", "queued", "queued", "queued"]
+
+    again = bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY + timedelta(minutes=5))
+    assert (again.queued, again.already, sum(again.excluded.values())) == (0, 5, 0)
+    assert len(messages(db)) == 3
+
+
+def test_send_at_night_defers_to_the_morning_and_local_time_follows_each_zone(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    night = create(db, dialog.advisor)
+    bc.send(db, dialog.advisor, CONFIG, night, NIGHT_NY)
+    assert messages(db)[book["dana"]]["next_attempt_at"] == datetime(
+        2026, 4, 6, 12, 0, tzinfo=UTC
+    )  # 08:00 NY
+    bc.cancel(db, night, NIGHT_NY)
+
+    local = create(db, dialog.advisor)
+    with db.begin() as conn:  # only the cancelled messages count for the cap: none
+        conn.execute(update(MESSAGE).where(MESSAGE.c.intent == bc.BROADCAST_INTENT).values(intent="old"))
+    bc.send(db, dialog.advisor, CONFIG, local, NIGHT_NY, local_time="10:00")
+    due = {cid: m["next_attempt_at"] for cid, m in messages(db).items()}
+    assert due[book["dana"]] == datetime(2026, 4, 6, 14, 0, tzinfo=UTC)  # 10:00 EDT
+    assert due[book["hana"]] == datetime(2026, 4, 6, 9, 0, tzinfo=UTC)  # 10:00 BST, zone from the phone
+    with pytest.raises(ValueError, match="HH:MM"):
+        bc.send(db, dialog.advisor, CONFIG, local, NIGHT_NY, local_time="25:99")
+
+
+def test_cancel_stops_what_has_not_gone_and_status_counts_progress_and_results(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    bid = create(db, dialog.advisor)
+    bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    sent = messages(db)
+    with db.begin() as conn:
+        conn.execute(
+            update(MESSAGE).where(MESSAGE.c.id == sent[book["dana"]]["id"]).values(status="delivered")
+        )
+        conn.execute(update(MESSAGE).where(MESSAGE.c.id == sent[book["hana"]]["id"]).values(status="failed"))
+        conn.execute(
+            insert(SWITCH_REQUEST).values(
+                customer_id=book["dana"], from_plan_id="plus-20", to_plan_id="basic-5",
+                monthly_saving=Decimal("20.00"), status="requested",
+                created_at=MORNING_NY + timedelta(hours=1),
+            )
+        )  # fmt: skip
+    status = bc.status(db, bid)
+    assert dict(status.messages) == {"delivered": 1, "failed": 1, "queued": 1}
+    assert dict(status.excluded) == {Skip.NO_CONSENT: 1, Skip.OPTED_OUT: 1}
+    assert (status.status, status.recipients, status.accepted, status.declined) == ("sending", 5, 1, 0)
+    assert (status.total, status.finished) == (3, 2)
+
+    assert bc.cancel(db, bid, MORNING_NY) == 1
+    after = messages(db)
+    assert after[book["ivy"]]["status"] == "cancelled"
+    assert after[book["dana"]]["status"] == "delivered"
+    assert dict(bc.status(db, bid).messages) == {"delivered": 1, "failed": 1, "cancelled": 1}
+    assert bc.status(db, bid).status == "cancelled"
+    with pytest.raises(bc.BroadcastError, match="cancelled"):
+        bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+
+
+def test_preview_renders_real_recipients_with_sms_segments_and_cost(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    bid = create(db, dialog.advisor)
+    shown = bc.preview(
+        db, dialog.advisor, CONFIG, bid, MORNING_NY, price_per_segment=Decimal("0.0079"), limit=2
+    )
+    assert [p.customer_id for p in shown] == [book["dana"], book["hana"]]
+    assert shown[0].text.startswith("Hi Dana, you use about 2.1 GB")
+    assert (shown[0].estimate.encoding, shown[0].estimate.segments) == ("GSM-7", 1)
+    assert shown[0].estimate.cost == Decimal("0.0079")
+    long = create(db, dialog.advisor, template=TEMPLATE + " 🎉" * 40)
+    [p] = bc.preview(db, dialog.advisor, CONFIG, long, MORNING_NY, price_per_segment=Decimal("0.01"), limit=1)
+    assert p.estimate.encoding == "UCS-2" and p.estimate.segments >= 3
+    assert p.estimate.cost == Decimal("0.01") * p.estimate.segments
+    assert messages(db) == {}
