@@ -17,6 +17,7 @@ from sqlalchemy import (
     and_,
     column,
     exists,
+    false,
     func,
     insert,
     literal_column,
@@ -97,7 +98,10 @@ def _text_condition(conn: Connection, query: str) -> ColumnElement[bool] | None:
     return MESSAGE.c.text.contains(query, autoescape=True)
 
 
-def _who_condition(who: str) -> ColumnElement[bool] | None:
+_WHO_IDS_MAX = 1000
+
+
+def _who_condition(conn: Connection, who: str) -> ColumnElement[bool] | None:
     who = who.strip()
     if not who:
         return None
@@ -112,7 +116,13 @@ def _who_condition(who: str) -> ColumnElement[bool] | None:
                 select(IDENTITY.c.customer_id).where(IDENTITY.c.address.contains(digits, autoescape=True))
             )
         )
-    return MESSAGE.c.customer_id.in_(select(CUSTOMER.c.id).where(or_(*conditions)))
+    matching = select(CUSTOMER.c.id).where(or_(*conditions))
+    # Resolve the customers first: given the subquery, PostgreSQL misjudges how few match and
+    # walks every message backwards; a short list of ids lets it use the customer index.
+    ids = conn.execute(matching.limit(_WHO_IDS_MAX + 1)).scalars().all()
+    if len(ids) > _WHO_IDS_MAX:
+        return MESSAGE.c.customer_id.in_(matching)  # a broad match: let the database join
+    return MESSAGE.c.customer_id.in_(ids) if ids else false()
 
 
 def _day_start(day: date) -> datetime:
@@ -145,7 +155,7 @@ _ROW_COLUMNS = (
 
 def _search_select(conn: Connection, f: SearchFilter) -> Select[Any]:
     conditions: list[ColumnElement[bool]] = []
-    for condition in (_text_condition(conn, f.text), _who_condition(f.who)):
+    for condition in (_text_condition(conn, f.text), _who_condition(conn, f.who)):
         if condition is not None:
             conditions.append(condition)
     if f.channel:
