@@ -429,25 +429,6 @@ def _check_range(catalog: Catalog, quantity: I64) -> None:
         )
 
 
-_USAGE_OF = select(USAGE.c.customer_id, USAGE.c.period, USAGE.c.metric, USAGE.c.quantity_milli).where(
-    USAGE.c.customer_id.in_(bindparam("ids", expanding=True))
-)
-
-
-def fit_customers(
-    conn: Connection,
-    catalog: Catalog,
-    customers: Sequence[tuple[int, str | None, Needs]],
-    config: FitConfig | None = None,
-) -> list[Fit]:
-    """The fit for (customer id, current plan id, needs) triples, reading their usage."""
-    config = config or FitConfig()
-    ids = [c[0] for c in customers]
-    rows = conn.execute(_USAGE_OF, {"ids": ids}) if ids else iter(())
-    batch = usage_batch(ids, rows, catalog.metrics, config.lookback)
-    return fit_batch(catalog, batch, [c[1] for c in customers], [c[2] for c in customers], config)
-
-
 def usage_query(metrics: Sequence[str]) -> Select[Any]:
     """Usage rows with the metric coded as its index in ``metrics`` (-1 for others), for
     customers with ids between the parameters ``lo`` and ``hi``: integers only, fast to load."""

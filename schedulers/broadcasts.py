@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
-from sqlalchemy import Connection, Engine, Table, func, insert, select, update
-from sqlmodel import SQLModel
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from bot.channels.segments import Estimate, estimate
 from dialogs.advisor import Advisor, describe, money
@@ -33,9 +32,8 @@ from schedulers.segment_filter import Node, Term, check_metrics, evaluate, parse
 from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT, BroadcastStatus, RecipientStatus
 from storage.models import DeliveryStatus, Direction
 from storage.queries import address_hash
-from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PLAN_DECLINE, PREFERENCE, SWITCH_REQUEST
+from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PLAN_DECLINE, PREFERENCE, SUPPRESSION, SWITCH_REQUEST
 
-SUPPRESSION: Table = SQLModel.metadata.tables["suppression"]
 BROADCAST_INTENT = "broadcast"
 CANCELLED = DeliveryStatus.CANCELLED  # a broadcast message cancelled before it went
 SEGMENT = "segment"  # the exclusion reason of customers outside the segment

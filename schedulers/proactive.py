@@ -14,19 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, insert, select, update
-from sqlmodel import SQLModel
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from dialogs.advisor import Advisor, explain
 from plans.fit import Fit, fit_book
 from schedulers.policy import Contact, Decision, PolicyConfig, decide
 from storage.models import DeliveryStatus, Direction, PendingKind
 from storage.outreach_models import OUTREACH_EVENT
-from storage.queries import address_hash
+from storage.queries import is_suppressed
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, STATE
 from storage.turns import unsent_suggestion
-
-SUPPRESSION: Table = SQLModel.metadata.tables["suppression"]
 
 SUGGESTION_INTENT = "suggestion"
 # Proactive messages that count against the frequency cap: all but those that never left.
@@ -199,11 +196,7 @@ def channel_for(
 
 def suppressed(conn: Connection, channel: str, address: str) -> bool:
     """Whether the address belongs to an erased customer (never messaged unprompted)."""
-    digest = address_hash(channel, address)
-    query = select(SUPPRESSION.c.id).where(
-        SUPPRESSION.c.channel == channel, SUPPRESSION.c.address_hash == digest
-    )
-    return conn.execute(query.limit(1)).first() is not None
+    return is_suppressed(conn, channel=channel, address=address)
 
 
 def recent_proactive(conn: Connection, customer_id: int) -> list[datetime]:

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, update
+from sqlalchemy import Connection, delete, update
 from sqlmodel import Session, col, select
 
 from storage.models import (
@@ -84,15 +84,12 @@ def erase_customer(session: Session, *, customer: Customer, keep_message_id: int
     session.add(customer)
 
 
-def is_suppressed(session: Session, *, channel: str, address: str) -> bool:
+def is_suppressed(db: Session | Connection, *, channel: str, address: str) -> bool:
     """Whether ``address`` belongs to an erased customer and must not be messaged unprompted."""
+    conn = db.connection() if isinstance(db, Session) else db
     digest = address_hash(channel, address)
-    return (
-        session.exec(
-            select(Suppression.id).where(Suppression.channel == channel, Suppression.address_hash == digest)
-        ).first()
-        is not None
-    )
+    query = select(Suppression.id).where(Suppression.channel == channel, Suppression.address_hash == digest)
+    return conn.execute(query.limit(1)).first() is not None
 
 
 def transcript(session: Session, *, customer_id: int) -> Sequence[Message]:
