@@ -26,17 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -45,22 +41,21 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from _shared import child, mib, peak_memory, pg_dsn, postgres_db, postgres_server
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, func, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, insert, select
 
 import schedulers.broadcasts as bc
 from dialogs.advisor import Advisor
 from dialogs.bank import QuestionBank
 from schedulers.policy import PolicyConfig
 from storage.broadcast_models import BROADCAST_RECIPIENT
-from storage.db import make_engine, normalize_url, upgrade
+from storage.db import make_engine, upgrade
 from storage.tables import MESSAGE, PLAN
 
-PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET_CUSTOMERS = 100_000
 TARGET_SECONDS = 20.0
 TARGET_BYTES = 500 * 2**20
@@ -206,36 +201,7 @@ def build_postgres(url: str, n: int) -> Setup:
     return Setup(n, len(usage), time.perf_counter() - t0)
 
 
-def pg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextmanager
-def postgres_db(server: str) -> Iterator[str]:
-    server = normalize_url(server)
-    name = f"rapport_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 # -- the runs (each in its own process) -----------------------------------------------------------
-
-
-def _vmhwm() -> int:
-    """Peak resident memory of this process so far, in bytes (VmHWM)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _instrument(timers: dict[str, float]) -> None:
@@ -266,7 +232,7 @@ def run_broadcast(url: str) -> dict[str, Any]:
     engine = make_engine(url)
     advisor = Advisor(QuestionBank.load())
     config = PolicyConfig()
-    rss_start = _vmhwm()
+    rss_start = peak_memory()
     t0 = time.perf_counter()
     bid = bc.create(
         engine, advisor, name="spring", segment=SEGMENT, template=TEMPLATE, created_by="ops", now=NOW
@@ -274,7 +240,7 @@ def run_broadcast(url: str) -> dict[str, Any]:
     t1 = time.perf_counter()
     dry = bc.dry_run(engine, advisor, config, bid, NOW)
     t2 = time.perf_counter()
-    rss_dry = _vmhwm()
+    rss_dry = peak_memory()
     _instrument(timers)
     t3 = time.perf_counter()
     sent = bc.send(engine, advisor, config, bid, NOW)
@@ -307,7 +273,7 @@ def run_broadcast(url: str) -> dict[str, Any]:
         "timers": dict(timers),
         "rss_start": rss_start,
         "rss_dry": rss_dry,
-        "rss_peak": _vmhwm(),
+        "rss_peak": peak_memory(),
     }
 
 
@@ -326,7 +292,7 @@ def run_baseline(url: str) -> dict[str, Any]:
     conn: Any = psycopg.connect(pg_dsn(url)) if postgres else sqlite3.connect(url.removeprefix("sqlite:///"))
     p = "%s" if postgres else "?"
     now: Any = NOW if postgres else NOW.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-    rss_start = _vmhwm()
+    rss_start = peak_memory()
     t0 = time.perf_counter()
     cur = conn.cursor()
     cur.execute(
@@ -378,26 +344,11 @@ def run_baseline(url: str) -> dict[str, Any]:
         "render_s": render_s,
         "rows": len(customers),
         "rss_start": rss_start,
-        "rss_peak": _vmhwm(),
+        "rss_peak": peak_memory(),
     }
 
 
-def child(args: list[str]) -> dict[str, Any]:
-    """Run one phase in a fresh interpreter; its JSON answer is the last line it prints."""
-    proc = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, check=False, env=os.environ.copy()
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
-
-
 # -- the report -----------------------------------------------------------------------------------
-
-
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB"
 
 
 def report(console: Console, backend: str, setup: Setup, run: dict[str, Any], base: dict[str, Any]) -> None:
@@ -491,15 +442,15 @@ def main() -> None:
             first, second = Path(tmp) / "broadcast.db", Path(tmp) / "baseline.db"
             setup = build_sqlite(first, args.customers)
             shutil.copyfile(first, second)
-            run = child(["--phase", "broadcast", "--url", f"sqlite:///{first}"])
-            base = child(["--phase", "baseline", "--url", f"sqlite:///{second}"])
+            run = child(__file__, ["--phase", "broadcast", "--url", f"sqlite:///{first}"])
+            base = child(__file__, ["--phase", "baseline", "--url", f"sqlite:///{second}"])
     else:
-        server = os.environ.get("RAPPORT_BENCH_POSTGRES_URL", PG_DEFAULT)
+        server = postgres_server()
         with postgres_db(server) as one, postgres_db(server) as two:
             setup = build_postgres(one, args.customers)
             build_postgres(two, args.customers)
-            run = child(["--phase", "broadcast", "--url", one])
-            base = child(["--phase", "baseline", "--url", two])
+            run = child(__file__, ["--phase", "broadcast", "--url", one])
+            base = child(__file__, ["--phase", "baseline", "--url", two])
     report(console, args.backend, setup, run, base)
     if args.json:
         print(

@@ -24,15 +24,11 @@ import argparse
 import cProfile
 import io
 import json
-import os
 import pstats
-import resource
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,16 +41,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from _shared import child, mib, peak_memory, postgres_db, postgres_server
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import insert
 from sqlalchemy.engine import make_url
 
 import plans.fit as fit
-from storage.db import make_engine, normalize_url, upgrade
+from storage.db import make_engine, upgrade
 from storage.tables import PLAN
 
-PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 METRICS = ("data_gb", "minutes", "roaming_data_gb", "sms")  # sorted, as the Catalog orders them
 PERIODS = (202601, 202602, 202603)
 CHUNK = 100_000  # customers generated (and written) at a time
@@ -296,39 +292,7 @@ def build_postgres(url: str, n: int, plans: PlanArrays) -> Setup:
     return Setup(n, 12 * n, t1 - t0, t2 - t1)
 
 
-@contextmanager
-def postgres_db(server: str) -> Iterator[str]:
-    server = normalize_url(server)
-    name = f"rapport_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 # -- the runs (each in its own process) ----------------------------------------------------------
-
-
-def _maxrss() -> int:
-    """Peak resident memory of this process so far, in bytes.
-
-    VmHWM from /proc where there is one: ru_maxrss survives exec, so a child started by a big
-    parent would report the parent's size (fork copies its resident pages) until it outgrows it.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _instrument(timers: dict[str, float], limit: int | None) -> None:
@@ -397,7 +361,7 @@ def run_fit(url: str, n: int, batch_size: int, profile: int | None) -> dict[str,
     wanted = set(sample_ids(n))
     sample: dict[int, tuple[str | None, bool]] = {}
     customers = suggestions = 0
-    rss_start = _maxrss()
+    rss_start = peak_memory()
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
     if profiler:
@@ -421,7 +385,7 @@ def run_fit(url: str, n: int, batch_size: int, profile: int | None) -> dict[str,
         "seconds": seconds,
         "timers": dict(timers),
         "rss_start": rss_start,
-        "rss_peak": _maxrss(),
+        "rss_peak": peak_memory(),
         "sample": {str(k): v for k, v in sample.items()},
         "plans": len(catalog.plans),
     }
@@ -469,7 +433,7 @@ def run_baseline(n: int) -> dict[str, Any]:
     usage = np.empty((n, len(PERIODS), len(METRICS)), dtype=np.int64)
     for start, count in chunks(n):
         current[start : start + count], usage[start : start + count] = synth_chunk(plans, start, count)
-    rss_start = _maxrss()
+    rss_start = peak_memory()
     started = time.perf_counter()
     best, suggest = numpy_fit(plans, usage, current)
     seconds = time.perf_counter() - started
@@ -478,27 +442,12 @@ def run_baseline(n: int) -> dict[str, Any]:
         "suggestions": int(suggest.sum()),
         "seconds": seconds,
         "rss_start": rss_start,
-        "rss_peak": _maxrss(),
+        "rss_peak": peak_memory(),
         "sample": {str(i): (plans.ids[best[i - 1]], bool(suggest[i - 1])) for i in sample_ids(n)},
     }
 
 
-def child(args: list[str]) -> dict[str, Any]:
-    """Run one phase in a fresh interpreter; its JSON answer is the last line it prints."""
-    proc = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, check=False, env=os.environ.copy()
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
-
-
 # -- the report ----------------------------------------------------------------------------------
-
-
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB"
 
 
 def report(
@@ -615,11 +564,13 @@ def main() -> None:
         console.print(f"building the book ({args.customers:,} customers) ...")
         setup = build(args.customers, plans)
         common = ["--customers", str(args.customers), "--batch-size", str(args.batch_size)]
-        fitted = child(["--phase", "fit", "--url", url, *common])
-        base = child(["--phase", "baseline", *common])
+        fitted = child(__file__, ["--phase", "fit", "--url", url, *common])
+        base = child(__file__, ["--phase", "baseline", *common])
         report(console, args.backend, setup, fitted, base)
         if args.profile:
-            profiled = child(["--phase", "fit", "--url", url, *common, "--profile", str(args.profile)])
+            profiled = child(
+                __file__, ["--phase", "fit", "--url", url, *common, "--profile", str(args.profile)]
+            )
             console.print(
                 f"cProfile of fit_book over {profiled['customers']:,} customers "
                 f"({profiled['seconds']:.2f} s under the profiler), by own time:"
@@ -642,7 +593,7 @@ def main() -> None:
 @contextmanager
 def _database(backend: str, path: Path | None) -> Iterator[tuple[str, Callable[[int, PlanArrays], Setup]]]:
     if backend == "postgresql":
-        with postgres_db(os.environ.get("RAPPORT_BENCH_POSTGRES_URL", PG_DEFAULT)) as url:
+        with postgres_db(postgres_server()) as url:
             yield url, lambda n, plans: build_postgres(url, n, plans)
         return
     if path is not None:

@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,15 +34,15 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from _shared import child, mib, peak_memory, postgres_db, postgres_server
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from plans.imports import import_usage
-from storage.db import make_engine, normalize_url, upgrade
+from storage.db import make_engine, upgrade
 
-PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 METRICS = ("data_gb", "minutes", "sms", "roaming_data_gb")
 PERIODS = tuple(f"2025-{m:02d}" for m in range(1, 11))
 PER_CUSTOMER = len(PERIODS) * len(METRICS)
@@ -154,34 +152,11 @@ def database(name: str, workdir: Path) -> Iterator[Backend]:
         engine.dispose()
         yield Backend(name, f"sqlite:///{template}", template, workdir)
         return
-    server = normalize_url(os.environ.get("RAPPORT_BENCH_POSTGRES_URL", PG_DEFAULT))
-    db = f"rapport_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db}"'))
-    url = make_url(server).set(database=db).render_as_string(hide_password=False)
-    try:
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
+    with postgres_db(postgres_server(), migrate=True) as url:
         yield Backend(name, url, None, workdir)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        admin.dispose()
 
 
 # -- the runs (each in its own process) ----------------------------------------------------------
-
-
-def peak_memory() -> int:
-    """Peak resident memory of this process, in bytes (VmHWM: unlike ru_maxrss, not inherited
-    from the parent that forked this process)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 _MILLI = Decimal(1000)
@@ -280,22 +255,7 @@ def run_import(path: Path, url: str) -> dict[str, Any]:
     }
 
 
-def child(args: list[str]) -> dict[str, Any]:
-    """One run in a fresh interpreter; its JSON answer is the last line it prints."""
-    proc = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, check=False, env=os.environ.copy()
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
-
-
 # -- the report ----------------------------------------------------------------------------------
-
-
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB"
 
 
 def main() -> None:
@@ -350,12 +310,14 @@ def main() -> None:
                     f"wrote {path.name}: {rows:,} rows, {path.stat().st_size / 2**20:,.0f} MiB "
                     f"in {time.perf_counter() - started:.1f} s"
                 )
-                runs = {"csv": child(["--phase", "csv", "--file", str(path)])}
+                runs = {"csv": child(__file__, ["--phase", "csv", "--file", str(path)])}
                 if not args.no_driver:
                     runs["driver"] = child(
-                        ["--phase", "driver", "--file", str(path), "--url", backend.fresh()]
+                        __file__, ["--phase", "driver", "--file", str(path), "--url", backend.fresh()]
                     )
-                runs["import"] = child(["--phase", "import", "--file", str(path), "--url", backend.fresh()])
+                runs["import"] = child(
+                    __file__, ["--phase", "import", "--file", str(path), "--url", backend.fresh()]
+                )
                 labels = {
                     "csv": "csv module alone (parse)",
                     "driver": "csv + bare-driver insert",

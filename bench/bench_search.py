@@ -34,15 +34,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sqlite3
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -50,15 +47,14 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from _shared import pg_dsn, postgres_db, postgres_server
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 from storage.console_queries import PAGE_SIZE, SearchFilter, search_messages
-from storage.db import make_engine, normalize_url, upgrade
+from storage.db import make_engine, upgrade
 
-PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET_MESSAGES = 1_000_000
 TARGET_P99_MS = 200.0
 SEED = 2026
@@ -303,26 +299,6 @@ def build_postgres(url: str, messages: int) -> Setup:
     return Setup(messages, customers, t1 - t0, t2 - t1)
 
 
-def pg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextmanager
-def postgres_db(server: str) -> Iterator[str]:
-    server = normalize_url(server)
-    name = f"rapport_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 # -- the query mix --------------------------------------------------------------------------------
 
 KINDS = (
@@ -480,7 +456,7 @@ def bench_backend(backend: str, messages: int, repeat: int) -> tuple[Setup, Timi
                 raw.close()
                 engine.dispose()
             return setup, console, baseline
-    with postgres_db(os.environ.get("RAPPORT_BENCH_POSTGRES_URL", PG_DEFAULT)) as url:
+    with postgres_db(postgres_server()) as url:
         setup = build_postgres(url, messages)
         engine = make_engine(url)
         with psycopg.connect(pg_dsn(url)) as pg:

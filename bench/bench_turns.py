@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,14 +25,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+from _shared import postgres_db, postgres_server
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from dialogs.bank import QuestionBank
 from dialogs.engine import DialogEngine, EngineConfig, Inbound
-from storage.db import make_engine, normalize_url, upgrade
+from storage.db import make_engine, upgrade
 
 # One customer's conversation: a greeting, then an answer to each question in the default bank.
 SCRIPT = [
@@ -52,7 +50,6 @@ SCRIPT = [
     "yes please",
     "maps and music",
 ]
-PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -157,22 +154,6 @@ def sqlite_db() -> Iterator[str]:
         yield str(path)
 
 
-@contextmanager
-def postgres_db(server: str) -> Iterator[str]:
-    server = normalize_url(server)
-    name = f"rapport_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(make_engine(url))
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 def sqlite_connect(path: str) -> Callable[[], object]:
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None)
@@ -204,10 +185,10 @@ def _bench_once(backend: str, customers: int, bank: QuestionBank) -> tuple[Resul
         with sqlite_db() as path:
             baseline = run_baseline(sqlite_connect(path), "?", customers, sqlite=True)
         return engine, baseline
-    server = os.environ.get("RAPPORT_BENCH_POSTGRES_URL", PG_DEFAULT)
-    with postgres_db(server) as url:
+    server = postgres_server()
+    with postgres_db(server, migrate=True) as url:
         engine = run_engine(url, customers, bank)
-    with postgres_db(server) as url:
+    with postgres_db(server, migrate=True) as url:
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         baseline = run_baseline(lambda: psycopg.connect(dsn), "%s", customers, sqlite=False)
     return engine, baseline
