@@ -22,14 +22,12 @@ from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 
 from dialogs.bank import QuestionBank
 from dialogs.policy import next_step
-from schedulers.policy import Contact, PolicyConfig, decide
+from schedulers.policy import PolicyConfig, decide
 from schedulers.proactive import (
-    channel_for,
+    contact_of,
     lock_state,
     queue_message,
-    recent_proactive,
     record_event,
-    suppressed,
 )
 from storage.models import Direction, PendingKind
 from storage.outreach_models import OUTREACH_EVENT
@@ -165,19 +163,8 @@ def _one(
     if step.question is None or step.kind != PendingKind.ASK:
         return NudgeSkip.NOTHING_TO_ASK
     prefs = {key: fact.value for key, fact in facts.items()}
-    channel, address = channel_for(conn, customer, prefs, policy)
-    contact = Contact(
-        marketing_consent=bool(customer["marketing_consent"]),
-        opted_out=customer["opted_out_at"] is not None,
-        erased=customer["erased_at"] is not None,
-        suppressed=bool(channel and address and suppressed(conn, channel, address)),
-        timezone=customer["timezone"],
-        phone=customer["phone"],
-        channel=channel,
-        address=address,
-        contact_time=prefs.get("contact_time"),
-        recent=recent_proactive(conn, customer_id),
-    )
+    contact = contact_of(conn, customer_id, customer, prefs, policy)
+    channel, address = contact.channel, contact.address
     decision = decide(contact, now, policy)
     if not decision.allowed:
         assert decision.reason is not None

@@ -111,20 +111,8 @@ def _one(
     if not fit.suggest or fit.best_plan is None:
         skip(ScanSkip.NO_SUGGESTION)
         return
-    channel, address = channel_for(conn, customer, prefs, config)
-    contact = Contact(
-        marketing_consent=bool(customer["marketing_consent"]),
-        opted_out=customer["opted_out_at"] is not None,
-        erased=customer["erased_at"] is not None,
-        suppressed=bool(channel and address and suppressed(conn, channel, address)),
-        declined=not advice.offer,
-        timezone=customer["timezone"],
-        phone=customer["phone"],
-        channel=channel,
-        address=address,
-        contact_time=prefs.get("contact_time"),
-        recent=recent_proactive(conn, customer_id),
-    )
+    contact = contact_of(conn, customer_id, customer, prefs, config, declined=not advice.offer)
+    channel, address = contact.channel, contact.address
     decision = decide(contact, now, config)
     if not decision.allowed and not decision.deferred:
         assert decision.reason is not None
@@ -149,6 +137,32 @@ def _one(
         report.queued += 1
     else:
         report.deferred += 1
+
+
+def contact_of(
+    conn: Connection,
+    customer_id: int,
+    customer: Mapping[str, Any],
+    prefs: Mapping[str, Any],
+    config: PolicyConfig,
+    *,
+    declined: bool = False,
+) -> Contact:
+    """What the contact policy needs to know about a customer (``customer``: their row)."""
+    channel, address = channel_for(conn, customer, prefs, config)
+    return Contact(
+        marketing_consent=bool(customer["marketing_consent"]),
+        opted_out=customer["opted_out_at"] is not None,
+        erased=customer["erased_at"] is not None,
+        suppressed=bool(channel and address and suppressed(conn, channel, address)),
+        declined=declined,
+        timezone=customer["timezone"],
+        phone=customer["phone"],
+        channel=channel,
+        address=address,
+        contact_time=prefs.get("contact_time"),
+        recent=recent_proactive(conn, customer_id),
+    )
 
 
 def lock_state(conn: Connection, customer_id: int) -> Mapping[str, Any]:
