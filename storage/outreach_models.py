@@ -45,5 +45,16 @@ class BillingDelivery(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
+class RateBucket(SQLModel, table=True):
+    """One shared send-rate bucket (a channel, a sending number, a chat): the theoretical
+    arrival time of the next send, in epoch seconds, shared by every delivery worker."""
+
+    __tablename__ = "rate_bucket"
+
+    key: str = Field(primary_key=True, max_length=200)
+    tat: float
+
+
 OUTREACH_EVENT: Table = SQLModel.metadata.tables["outreach_event"]
 BILLING_DELIVERY: Table = SQLModel.metadata.tables["billing_delivery"]
+RATE_BUCKET: Table = SQLModel.metadata.tables["rate_bucket"]
