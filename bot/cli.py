@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from bot.channels.base import ChannelService
 from bot.cli_broadcast import broadcast_app
 from bot.cli_data import import_app, plans_app
 from bot.runtime import Runtime, build_runtime
@@ -96,24 +97,10 @@ def run(
     import uvicorn
 
     from bot.components import components
-    from bot.services import build_services
     from bot.web import create_app, make_scheduler
-    from schedulers.delivery import recover_stuck
 
     runtime = _runtime()
-    recovered = recover_stuck(
-        runtime.db, older_than=timedelta(minutes=runtime.settings.stuck_sending_minutes)
-    )
-    if recovered.unknown or recovered.requeued:
-        err.print(
-            f"{len(recovered.requeued)} replies cut off by a crash queued again; "
-            f"{len(recovered.unknown)} marketing messages marked unknown (not re-sent: review them)."
-        )
-    try:
-        services = build_services(runtime)
-    except ValueError as exc:
-        err.print(f"[red]Cannot start a channel:[/red] {exc}")
-        raise typer.Exit(2) from None
+    services = _delivery_services(runtime)
     table = Table(title="Rapport", show_header=True, header_style="bold")
     table.add_column("part")
     table.add_column("state")
@@ -123,6 +110,51 @@ def run(
     console.print(table)
     app = create_app(runtime, services, scheduler=make_scheduler(runtime, services))
     uvicorn.run(app, host=host, port=port, log_level=runtime.settings.log_level.lower())
+
+
+@app.command()
+def worker() -> None:
+    """Deliver queued messages (replies, suggestions, broadcasts) without serving webhooks.
+
+    Run as many as you like on PostgreSQL: they share the work and each channel's pace. On SQLite
+    one process delivers at a time; the others wait to take over.
+    """
+    import asyncio
+
+    from bot.worker import run_worker
+
+    runtime = _runtime()
+    services = _delivery_services(runtime)
+    if not services:
+        err.print(
+            "[red]No channel is configured[/red]: set TELEGRAM_BOT_TOKEN, or the TWILIO_* settings and "
+            "PUBLIC_BASE_URL, so there is something to deliver through."
+        )
+        raise typer.Exit(2)
+    console.print(f"Delivering on {', '.join(s.name for s in services)}. Ctrl-C to stop.")
+    asyncio.run(run_worker(runtime, services))
+    console.print("Stopped.")
+
+
+def _delivery_services(runtime: Runtime) -> list[ChannelService]:
+    """Settle what a crash left in ``sending``, then the configured channels (exit 2 if one
+    cannot work)."""
+    from bot.services import build_services
+    from schedulers.delivery import recover_stuck
+
+    recovered = recover_stuck(
+        runtime.db, older_than=timedelta(minutes=runtime.settings.stuck_sending_minutes)
+    )
+    if recovered.unknown or recovered.requeued:
+        err.print(
+            f"{len(recovered.requeued)} replies cut off by a crash queued again; "
+            f"{len(recovered.unknown)} marketing messages marked unknown (not re-sent: review them)."
+        )
+    try:
+        return build_services(runtime)
+    except ValueError as exc:
+        err.print(f"[red]Cannot start a channel:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 telegram_app = typer.Typer(help="The Telegram channel on its own (development).", invoke_without_command=True)

@@ -20,14 +20,17 @@ from bot.console import ConsoleConfig, mount_console
 from bot.runtime import Runtime
 from schedulers.delivery import Outbox
 from schedulers.jobs import JobContext, Scheduler, run_scheduler
+from schedulers.leader import delivery_lock
 from storage.db import database_status
 
 log = logging.getLogger(__name__)
 
 
 def make_outbox(runtime: Runtime, services: Sequence[ChannelService]) -> Outbox:
-    """The outbox that sends through the given channels."""
-    return Outbox(runtime.db, {s.name: s.sender for s in services}, runtime.dialog.reply_options)
+    """The outbox that sends through the given channels (its loop: one process at a time on
+    SQLite, any number on PostgreSQL)."""
+    senders = {s.name: s.sender for s in services}
+    return Outbox(runtime.db, senders, runtime.dialog.reply_options, lock=delivery_lock(runtime.db))
 
 
 def make_scheduler(runtime: Runtime, services: Sequence[ChannelService]) -> Scheduler:

@@ -15,16 +15,17 @@ erased or withdrew consent while it waited is not sent (``failed``, reason in ``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Connection, Engine, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, exists, insert, or_, select, update
 
 from dialogs.engine import ReplyOption
+from schedulers.leader import AlwaysLeader, LeaderLock
 from storage.models import DeliveryStatus, Direction, utcnow
 from storage.outreach_models import OUTREACH_EVENT
 from storage.tables import CUSTOMER, MESSAGE
@@ -57,9 +58,11 @@ class Outgoing:
 
 
 class Sender(Protocol):
-    """The sending side of a channel."""
+    """The sending side of a channel. ``max_in_flight``: how many sends a worker keeps going at
+    once on this channel (about a second's worth at its rate: claimed rows wait little)."""
 
     channel: str
+    max_in_flight: int
 
     async def send(self, message: Outgoing) -> str | None:
         """Send ``message``; the provider's id for it. Raises :class:`SendError`."""
@@ -83,9 +86,28 @@ class RetryPolicy:
 
 OptionsFor = Callable[[str, str | None], tuple[ReplyOption, ...]]
 
+_CLAIMED = (
+    MESSAGE.c.id,
+    MESSAGE.c.customer_id,
+    MESSAGE.c.marketing,
+    MESSAGE.c.channel,
+    MESSAGE.c.address,
+    MESSAGE.c.text,
+    MESSAGE.c.intent,
+    MESSAGE.c.question_key,
+    MESSAGE.c.attempts,
+)
+
 
 class Outbox:
-    """Sends queued messages through the senders of the configured channels."""
+    """Sends queued messages through the senders of the configured channels.
+
+    Rows are claimed (``queued -> sending``) before they are handed to a channel. On PostgreSQL
+    any number of workers claim side by side (``FOR UPDATE SKIP LOCKED``); on SQLite writes are
+    serialised anyway and ``lock`` keeps the delivery loop to one process. A conversational
+    reply is claimed only when no earlier reply to the same chat or number is still waiting, so
+    a reply held back for a retry is not overtaken by the next one.
+    """
 
     def __init__(
         self,
@@ -95,36 +117,72 @@ class Outbox:
         *,
         policy: RetryPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        lock: LeaderLock | None = None,
     ) -> None:
         self.db = db
         self.senders = dict(senders)
         self.options_for = options_for
         self.policy = policy or RetryPolicy()
         self.clock = clock
+        self.lock = lock or AlwaysLeader()
+        self._skip_locked = db.dialect.name == "postgresql"
 
     async def deliver(self, message_ids: Sequence[int]) -> None:
-        """Send these messages now (in id order), if they are still queued and due."""
+        """Send these messages now, one after another in id order, if they are queued and due."""
         for message_id in sorted(message_ids):
-            outgoing = await asyncio.to_thread(self._claim, message_id)
-            if outgoing is not None:
+            claimed = await asyncio.to_thread(self._claim, MESSAGE.c.id == message_id, 1)
+            for outgoing in claimed:
                 await self._send(outgoing)
 
-    async def deliver_due(self, *, channels: Sequence[str] | None = None, limit: int = 200) -> int:
-        """Send queued messages whose time has come (retries, and replies a crash left behind)."""
-        ids = await asyncio.to_thread(self._due, channels or list(self.senders), limit)
-        await self.deliver(ids)
-        return len(ids)
+    async def deliver_due(self, *, channels: Sequence[str] | None = None, limit: int | None = None) -> int:
+        """Claim the queued messages whose time has come (up to each channel's ``max_in_flight``,
+        or ``limit``) and send them side by side; how many were claimed."""
+        batches = [
+            await asyncio.to_thread(self._claim_due, channel, limit or self._room(channel))
+            for channel in channels or list(self.senders)
+        ]
+        claimed = [outgoing for batch in batches for outgoing in batch]
+        await asyncio.gather(*(self._send(outgoing) for outgoing in claimed))
+        return len(claimed)
 
     async def run(self, *, interval: float = 1.0, stop: asyncio.Event | None = None) -> None:
-        """Deliver due messages every ``interval`` seconds until ``stop`` is set."""
+        """Keep sending due messages until ``stop`` is set: claim whenever a channel has room,
+        look again after ``interval`` seconds when there was nothing to do. Sends in flight are
+        finished before it returns."""
         stop = stop or asyncio.Event()
-        while not stop.is_set():
+        inflight: dict[str, set[asyncio.Task[None]]] = {channel: set() for channel in self.senders}
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                if await asyncio.to_thread(self.lock.try_acquire):
+                    await self._top_up(inflight)
+                running = set().union(*inflight.values())
+                await asyncio.wait({stopping, *running}, timeout=interval, return_when=FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            running = set().union(*inflight.values())
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.to_thread(self.lock.release)
+
+    async def _top_up(self, inflight: dict[str, set[asyncio.Task[None]]]) -> None:
+        for channel, tasks in inflight.items():
+            room = self._room(channel) - len(tasks)
+            if room <= 0:
+                continue
             try:
-                await self.deliver_due()
+                batch = await asyncio.to_thread(self._claim_due, channel, room)
             except Exception:  # a bad moment for the database must not end the loop
-                log.exception("delivering due messages failed; trying again in %.0f s", interval)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+                log.exception("claiming due %s messages failed; trying again shortly", channel)
+                continue
+            for outgoing in batch:
+                task = asyncio.create_task(self._send(outgoing), name=f"send-{outgoing.message_id}")
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+    def _room(self, channel: str) -> int:
+        sender = self.senders.get(channel)
+        return max(1, sender.max_in_flight) if sender is not None else 1
 
     # -- one message ------------------------------------------------------------------------
 
@@ -154,41 +212,70 @@ class Outbox:
         else:
             await asyncio.to_thread(self._finish, outgoing, provider_id)
 
-    def _claim(self, message_id: int) -> Outgoing | None:
+    def _claim_due(self, channel: str, limit: int) -> list[Outgoing]:
+        return self._claim(MESSAGE.c.channel == channel, limit)
+
+    def _claim(self, which: ColumnElement[bool], limit: int) -> list[Outgoing]:
+        """Mark up to ``limit`` due rows matching ``which`` as sending (oldest first); refuse the
+        marketing ones whose customer may no longer be contacted."""
         now = self.clock()
+        earlier = MESSAGE.alias("earlier")
+        waiting_before = exists().where(
+            earlier.c.customer_id == MESSAGE.c.customer_id,  # (customer_id, id) is indexed
+            earlier.c.channel == MESSAGE.c.channel,
+            earlier.c.address == MESSAGE.c.address,
+            earlier.c.direction == Direction.OUT,
+            earlier.c.marketing.is_(False),
+            earlier.c.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.SENDING)),
+            earlier.c.id < MESSAGE.c.id,
+        )
+        due = (
+            select(MESSAGE.c.id)
+            .where(
+                which,
+                MESSAGE.c.direction == Direction.OUT,
+                MESSAGE.c.status == DeliveryStatus.QUEUED,
+                or_(MESSAGE.c.next_attempt_at.is_(None), MESSAGE.c.next_attempt_at <= now),
+                or_(MESSAGE.c.marketing.is_(True), ~waiting_before),
+            )
+            .order_by(MESSAGE.c.id)
+            .limit(limit)
+        )
+        if self._skip_locked:
+            due = due.with_for_update(skip_locked=True)
+        picked = due.cte("due")
         with self.db.begin() as conn:
-            claimed = conn.execute(
+            rows = conn.execute(
                 update(MESSAGE)
-                .where(
-                    MESSAGE.c.id == message_id,
-                    MESSAGE.c.direction == Direction.OUT,
-                    MESSAGE.c.status == DeliveryStatus.QUEUED,
-                    or_(MESSAGE.c.next_attempt_at.is_(None), MESSAGE.c.next_attempt_at <= now),
-                )
+                .where(MESSAGE.c.id.in_(select(picked.c.id)))
                 .values(status=DeliveryStatus.SENDING, attempts=MESSAGE.c.attempts + 1, claimed_at=now)
-                .returning(
-                    MESSAGE.c.customer_id,
-                    MESSAGE.c.marketing,
-                    MESSAGE.c.channel,
-                    MESSAGE.c.address,
-                    MESSAGE.c.text,
-                    MESSAGE.c.intent,
-                    MESSAGE.c.question_key,
-                    MESSAGE.c.attempts,
-                )
-            ).first()
-            if claimed is None:
-                return None
-            customer_id, marketing, channel, address, text, intent, question_key, attempts = claimed
-            if marketing and (refusal := _refusal(conn, customer_id)) is not None:
-                conn.execute(
-                    update(MESSAGE)
-                    .where(MESSAGE.c.id == message_id)
-                    .values(status=DeliveryStatus.FAILED, error=f"contact policy: {refusal}")
-                )
-                return None
-        options = self.options_for(intent or "", question_key)
-        return Outgoing(message_id, channel, address, text, options, attempts, bool(marketing))
+                .returning(*_CLAIMED)
+            ).all()
+            marketing = {r.customer_id for r in rows if r.marketing}
+            refusals = _refusals(conn, marketing) if marketing else {}
+            refused = {r.id for r in rows if r.marketing and r.customer_id in refusals}
+            for row in rows:
+                if row.id in refused:
+                    conn.execute(
+                        update(MESSAGE)
+                        .where(MESSAGE.c.id == row.id)
+                        .values(
+                            status=DeliveryStatus.FAILED, error=f"contact policy: {refusals[row.customer_id]}"
+                        )
+                    )
+        return [
+            Outgoing(
+                r.id,
+                r.channel,
+                r.address,
+                r.text,
+                self.options_for(r.intent or "", r.question_key),
+                r.attempts,
+                bool(r.marketing),
+            )
+            for r in sorted(rows, key=lambda r: r.id)
+            if r.id not in refused
+        ]
 
     def _unknown(self, outgoing: Outgoing, reason: str) -> None:
         with self.db.begin() as conn:
@@ -215,37 +302,29 @@ class Outbox:
                 .values(**values)
             )
 
-    def _due(self, channels: Sequence[str], limit: int) -> list[int]:
-        now = self.clock()
-        with self.db.connect() as conn:
-            rows = conn.execute(
-                select(MESSAGE.c.id)
-                .where(
-                    MESSAGE.c.status == DeliveryStatus.QUEUED,
-                    MESSAGE.c.direction == Direction.OUT,
-                    MESSAGE.c.channel.in_(list(channels)),
-                    or_(MESSAGE.c.next_attempt_at.is_(None), MESSAGE.c.next_attempt_at <= now),
-                )
-                .order_by(MESSAGE.c.id)
-                .limit(limit)
-            ).scalars()
-            return list(rows)
 
-
-def _refusal(conn: Connection, customer_id: int | None) -> str | None:
-    """Why a queued marketing message may no longer go to its customer, or None."""
-    if customer_id is None:
-        return "no customer"
-    row = conn.execute(
-        select(CUSTOMER.c.marketing_consent, CUSTOMER.c.opted_out_at, CUSTOMER.c.erased_at).where(
-            CUSTOMER.c.id == customer_id
+def _refusals(conn: Connection, customer_ids: set[int | None]) -> dict[int | None, str]:
+    """Why queued marketing may no longer go to these customers (absent: it may go)."""
+    found = {
+        row.id: row
+        for row in conn.execute(
+            select(
+                CUSTOMER.c.id, CUSTOMER.c.marketing_consent, CUSTOMER.c.opted_out_at, CUSTOMER.c.erased_at
+            ).where(CUSTOMER.c.id.in_([c for c in customer_ids if c is not None]))
         )
-    ).first()
-    if row is None or row.erased_at is not None:
-        return "erased"
-    if row.opted_out_at is not None:
-        return "opted out"
-    return None if row.marketing_consent else "no consent"
+    }
+    refusals: dict[int | None, str] = {}
+    for customer_id in customer_ids:
+        row = found.get(customer_id)
+        if customer_id is None:
+            refusals[customer_id] = "no customer"
+        elif row is None or row.erased_at is not None:
+            refusals[customer_id] = "erased"
+        elif row.opted_out_at is not None:
+            refusals[customer_id] = "opted out"
+        elif not row.marketing_consent:
+            refusals[customer_id] = "no consent"
+    return refusals
 
 
 def _mark_unknown(conn: Connection, message_ids: Sequence[int], reason: str, now: datetime) -> None:

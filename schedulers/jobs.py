@@ -39,6 +39,7 @@ from dialogs.advisor import Advisor
 from dialogs.bank import QuestionBank
 from schedulers.billing import BillingConfig, BillingReport, deliver_switches
 from schedulers.delivery import Recovery, recover_stuck
+from schedulers.ratelimit import SharedLimiter
 from schedulers.leader import LeaderLock, leader_lock
 from schedulers.nudges import NudgeConfig, NudgeReport, nudge
 from schedulers.policy import PolicyConfig
@@ -128,8 +129,9 @@ def deliver_billing() -> BillingReport | None:
 
 
 def recover() -> Recovery:
-    """Job: settle messages a dead process left in ``sending``."""
+    """Job: settle messages a dead process left in ``sending``; forget idle rate buckets."""
     ctx = _bound()
+    SharedLimiter(ctx.db).prune()
     return recover_stuck(ctx.db, older_than=ctx.stuck_after, now=ctx.clock())
 
 

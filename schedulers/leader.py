@@ -6,7 +6,8 @@ leader dies its connection closes, the server releases the lock and the next try
 
 SQLite (one machine by nature): an exclusive ``flock`` on ``<database>.scheduler.lock`` next to
 the database file; the operating system releases it when the process dies. An in-memory database
-has a single process by definition: it always leads.
+has a single process by definition: it always leads. The same file lock, on
+``<database>.delivery.lock``, keeps SQLite's delivery loop to one process (see :func:`delivery_lock`).
 """
 
 from __future__ import annotations
@@ -137,15 +138,27 @@ class AlwaysLeader:
 
 
 def leader_lock(db: Engine) -> LeaderLock:
-    """The right lock for the database behind ``db``."""
+    """The scheduler's lock for the database behind ``db``."""
     if db.dialect.name == "postgresql":
         return PostgresLeaderLock(db)
+    return _file_lock(db, "scheduler")
+
+
+def delivery_lock(db: Engine) -> LeaderLock:
+    """The delivery loop's lock: on SQLite one process delivers at a time (``<db>.delivery.lock``);
+    on PostgreSQL any number do, claiming rows with ``FOR UPDATE SKIP LOCKED``."""
+    if db.dialect.name == "postgresql":
+        return AlwaysLeader()
+    return _file_lock(db, "delivery")
+
+
+def _file_lock(db: Engine, purpose: str) -> LeaderLock:
     database = db.url.database
     if db.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
         return AlwaysLeader()
     try:
         import fcntl  # noqa: F401  (POSIX only)
     except ImportError:  # pragma: no cover - Windows
-        log.warning("no fcntl: every process on %s runs the scheduler; run only one", database)
+        log.warning("no fcntl: every process on %s runs the %s; run only one", database, purpose)
         return AlwaysLeader()
-    return FileLeaderLock(Path(database).expanduser().with_name(Path(database).name + ".scheduler.lock"))
+    return FileLeaderLock(Path(database).expanduser().with_name(f"{Path(database).name}.{purpose}.lock"))

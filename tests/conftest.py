@@ -74,7 +74,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         path = tmp_path / "rapport.db"
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_url")
+    return _emptied(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """The PostgreSQL test database with no rows, for what only PostgreSQL does (several
+    delivery workers side by side); fails like ``db_url`` when PostgreSQL is not reachable."""
+    if "postgresql" not in BACKENDS:
+        pytest.skip("RAPPORT_TEST_BACKENDS leaves PostgreSQL out")
+    return _emptied(request.getfixturevalue("postgres_url"))
+
+
+def _emptied(url: str) -> str:
     engine = create_engine(url)
     tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
     with engine.begin() as conn:

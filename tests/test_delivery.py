@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select, update
 
 from dialogs.engine import DialogEngine, Inbound
 from schedulers.delivery import Outbox, Outgoing, RetryPolicy, SendError
-from storage.tables import MESSAGE
+from storage.db import make_engine
+from storage.tables import CUSTOMER, MESSAGE
 from tests.utils import START
 
 
@@ -18,6 +20,7 @@ class RecordingSender:
 
     def __init__(self, channel: str = "sms", failures: list[SendError] | None = None) -> None:
         self.channel = channel
+        self.max_in_flight = 4
         self.sent: list[Outgoing] = []
         self.failures = list(failures or [])
 
@@ -36,9 +39,11 @@ class Clock:
         return self.now
 
 
-def _replies(dialog: DialogEngine, text: str = "hi", pid: str = "in-1") -> list[int]:
+def _replies(
+    dialog: DialogEngine, text: str = "hi", pid: str = "in-1", address: str = "+14155550180"
+) -> list[int]:
     result = dialog.handle(
-        Inbound(channel="sms", address="+14155550180", text=text, provider_id=pid, received_at=START)
+        Inbound(channel="sms", address=address, text=text, provider_id=pid, received_at=START)
     )
     return [r.message_id for r in result.replies]
 
@@ -123,6 +128,49 @@ def test_two_deliverers_never_send_one_message_twice(db: Engine, dialog: DialogE
     assert sorted(m.message_id for m in sender.sent) == ids
 
 
+def test_a_reply_waiting_for_a_retry_is_not_overtaken_by_the_next(db: Engine, dialog: DialogEngine) -> None:
+    first, second, *_ = _replies(dialog)
+    other = _replies(dialog, pid="in-2", address="+14155550199")
+    clock = Clock()
+    sender = RecordingSender(failures=[SendError("503 from the provider", retryable=True)])
+    outbox = Outbox(db, {"sms": sender}, dialog.reply_options, clock=clock, policy=RetryPolicy(base=10))
+    asyncio.run(outbox.deliver([first, second]))
+    assert (_row(db, first)["status"], _row(db, second)["status"]) == ("queued", "queued")
+    chat = {"customer_id": _row(db, first)["customer_id"], "address": "+14155550180"}
+    with db.begin() as conn:
+        conn.execute(
+            update(CUSTOMER).where(CUSTOMER.c.id == chat["customer_id"]).values(marketing_consent=True)
+        )
+    offer = _outbound(db, marketing=True, status="queued", claimed_at=None, **chat)
+    # The chat's next reply waits behind the first; another chat and a marketing message do not
+    # (each chat's replies go one after another: one claim pass each).
+    assert asyncio.run(outbox.deliver_due(limit=50)) == 2
+    assert {m.message_id for m in sender.sent} == {other[0], offer}
+    assert asyncio.run(outbox.deliver_due(limit=50)) == 1
+    assert {m.message_id for m in sender.sent} == {*other, offer}
+    clock.now += timedelta(seconds=10)
+    asyncio.run(outbox.deliver_due())
+    asyncio.run(outbox.deliver_due())
+    assert [m.message_id for m in sender.sent if m.message_id in (first, second)] == [first, second]
+
+
+def test_workers_claiming_due_messages_at_once_send_each_once(db_url: str, dialog: DialogEngine) -> None:
+    ids = [i for n in range(12) for i in _replies(dialog, pid=f"in-{n}", address=f"+1415555{n:04d}")]
+    sender = RecordingSender()
+    engines = [make_engine(db_url) for _ in range(3)]
+
+    def work(engine: Engine) -> None:
+        outbox = Outbox(engine, {"sms": sender}, dialog.reply_options, clock=Clock())
+        while asyncio.run(outbox.deliver_due()):
+            pass
+
+    with ThreadPoolExecutor(len(engines)) as pool:
+        list(pool.map(work, engines))
+    for engine in engines:
+        engine.dispose()
+    assert sorted(m.message_id for m in sender.sent) == sorted(ids)
+
+
 # -- at most once for marketing -------------------------------------------------------------------
 
 
@@ -187,6 +235,7 @@ def test_recover_stuck_marks_marketing_unknown_and_requeues_replies(db: Engine) 
 
 class Exploding:
     channel = "sms"
+    max_in_flight = 1
 
     async def send(self, message: Outgoing) -> str | None:
         raise ConnectionResetError("connection reset after the request was written")

@@ -32,6 +32,7 @@ from bot.settings import Settings
 from bot.web import create_app, make_outbox
 from dialogs.engine import Inbound, ReplyOption
 from schedulers.delivery import Outgoing
+from schedulers.ratelimit import SharedLimiter
 from storage.db import transaction
 from storage.queries import find_identity, preferences
 from storage.tables import CUSTOMER, MESSAGE
@@ -286,7 +287,7 @@ def test_long_text_is_split_at_boundaries_with_buttons_on_the_last_part(
 
     async def scenario() -> str | None:
         async with make_bot(runtime.settings) as bot:
-            sender = TelegramSender(bot, ChatRateLimiter(100, 100))
+            sender = TelegramSender(bot, ChatRateLimiter(SharedLimiter(runtime.db), 100, 100))
             options = (ReplyOption("yes", "Yes"), ReplyOption("no", "No"))
             return await sender.send(Outgoing(1, "telegram", "31", text, options, 1))
 

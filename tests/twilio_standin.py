@@ -63,6 +63,7 @@ class Sent:
     body: str
     sender: str
     status_callback: str | None
+    at: float = 0.0  # time.time() when it was accepted
 
 
 @dataclass
@@ -76,6 +77,7 @@ class TwilioStandin:
     callbacks: list[tuple[str, str, int]] = field(default_factory=list)  # (sid, status, HTTP answer)
     # to-number -> (final status, error code) instead of "delivered"
     outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    post_callbacks: bool = True  # False: accept messages, post no status callbacks
     _failures: list[Failure] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _callback_queue: queue.Queue[tuple[Sent, list[tuple[str, str]]] | None] = field(
@@ -166,11 +168,12 @@ class TwilioStandin:
                 _error(400, 21617, "The message body exceeds the 1600 character limit"),
                 {},
             )
-        sent = Sent(f"SM{uuid.uuid4().hex}", to, body, sender, form.get("StatusCallback"))
+        sent = Sent(f"SM{uuid.uuid4().hex}", to, body, sender, form.get("StatusCallback"), time.time())
         with self._lock:
             self.sent.append(sent)
         final = self.outcomes.get(to, ("delivered", ""))
-        self._callback_queue.put((sent, [("queued", ""), ("sent", ""), final]))
+        if self.post_callbacks:
+            self._callback_queue.put((sent, [("queued", ""), ("sent", ""), final]))
         return 201, self._resource(sent), {}
 
     def _resource(self, sent: Sent) -> dict[str, Any]:

@@ -14,6 +14,7 @@ class ChannelService(Protocol):
 
     ``router`` holds its webhooks (None if it has none); ``start`` and ``stop`` run in the web
     app's lifespan (connect, register webhooks, start polling; finish or leave queued sends).
+    ``start(receive=False)`` only readies the sender (``rapport worker``: no webhooks, no polling).
     """
 
     name: str
@@ -23,6 +24,6 @@ class ChannelService(Protocol):
 
     def router(self) -> APIRouter | None: ...
 
-    async def start(self) -> None: ...
+    async def start(self, *, receive: bool = True) -> None: ...
 
     async def stop(self) -> None: ...

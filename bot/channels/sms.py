@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from dialogs import texts
 from dialogs.commands import CommandKind, detect_command
 from dialogs.engine import Inbound, ReplyOption, storable_text
 from schedulers.delivery import Outbox, Outgoing, SendError
+from schedulers.ratelimit import Limit, SharedLimiter
 from storage import turns as store
 from storage.models import DeliveryStatus, Direction, utcnow
 from storage.phones import to_e164
@@ -159,23 +161,6 @@ def _seconds(value: str | None) -> float | None:
         return None  # an HTTP date: rare from Twilio; the backoff applies
 
 
-class RateLimiter:
-    """At most ``rate`` sends a second per key (a sending number), spaced evenly."""
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = 1.0 / rate
-        self.clock = clock
-        self._next: dict[str, float] = {}
-
-    async def wait(self, key: str) -> None:
-        """Return when the next send from ``key`` may go."""
-        now = self.clock()
-        slot = max(now, self._next.get(key, now))
-        self._next[key] = slot + self.interval  # reserved before sleeping: the loop is single-threaded
-        if slot > now:
-            await asyncio.sleep(slot - now)
-
-
 class TwilioSender:
     """Sends outbox messages through Twilio's REST API."""
 
@@ -189,6 +174,7 @@ class TwilioSender:
         from_number: str | None,
         messaging_service_sid: str | None,
         status_callback: str | None,
+        limiter: SharedLimiter,
         rate_per_second: float,
         max_segments: int,
         clock: Callable[[], datetime] = utcnow,
@@ -200,7 +186,9 @@ class TwilioSender:
         self.from_number = from_number
         self.messaging_service_sid = messaging_service_sid
         self.status_callback = status_callback
-        self.limiter = RateLimiter(rate_per_second)
+        self.limiter = limiter
+        self.rate = Limit(f"sms:{self.sending_as}", rate_per_second)
+        self.max_in_flight = min(32, max(1, math.ceil(rate_per_second)))
         self.max_segments = max_segments
         self.clock = clock
 
@@ -224,7 +212,7 @@ class TwilioSender:
                 segments.encoding,
                 self.max_segments,
             )
-        await self.limiter.wait(self.sending_as)
+        await self.limiter.acquire(self.rate)
         return await asyncio.to_thread(self._create, message, body, customer_id)
 
     def _may_send(self, message: Outgoing) -> tuple[int | None, bool]:
@@ -278,6 +266,8 @@ class TwilioSender:
         what = f"Twilio error {code or '?'} (HTTP {status}): {exc.msg}"
         if status == 429 or code == "20429" or status >= 500:
             retry_after = getattr(self.client.http_client, "last_retry_after", lambda: None)()
+            if status == 429 or code == "20429":  # too fast for this sender: every worker waits
+                self.limiter.hold(self.rate.key, retry_after or 1.0)
             return SendError(what, retryable=True, retry_after=retry_after)
         if code == UNSUBSCRIBED:
             if customer_id is not None:
@@ -338,6 +328,7 @@ class SmsService:
             from_number=settings.twilio_from_number,
             messaging_service_sid=settings.twilio_messaging_service_sid,
             status_callback=self.public_base_url + "/sms/status",
+            limiter=SharedLimiter(runtime.db, headroom=settings.rate_headroom),
             rate_per_second=settings.sms_rate_per_second,
             max_segments=settings.sms_max_segments,
             clock=clock,
@@ -347,8 +338,9 @@ class SmsService:
     def sender(self) -> TwilioSender:
         return self._sender
 
-    async def start(self) -> None:
-        log.info("SMS: Twilio webhooks expected at %s/sms/inbound and /sms/status", self.public_base_url)
+    async def start(self, *, receive: bool = True) -> None:
+        if receive:
+            log.info("SMS: Twilio webhooks expected at %s/sms/inbound and /sms/status", self.public_base_url)
 
     async def stop(self) -> None:
         session = getattr(self.client.http_client, "session", None)

@@ -15,8 +15,10 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -53,6 +55,7 @@ from bot.runtime import Runtime
 from bot.settings import Settings
 from dialogs.engine import Inbound, ReplyOption
 from schedulers.delivery import Outbox, Outgoing, SendError
+from schedulers.ratelimit import Limit, SharedLimiter
 from storage.db import transaction
 from storage.links import (
     LinkOutcome,
@@ -140,56 +143,37 @@ def keyboard(options: Sequence[ReplyOption]) -> InlineKeyboardMarkup | None:
 
 
 class ChatRateLimiter:
-    """Spaces sends: ``per_second`` overall and ``per_chat`` per chat, and holds back one chat
-    for as long as Telegram asked (429 ``retry_after``) without slowing the others."""
+    """Telegram's limits, ``per_second`` overall and ``per_chat`` per chat, shared by every
+    worker process (:class:`~schedulers.ratelimit.SharedLimiter`); one send per chat at a time
+    in this process so a chat's messages keep their order; a chat Telegram asked to wait (429
+    ``retry_after``) is held back without slowing the others."""
 
-    def __init__(
-        self, per_second: float, per_chat: float, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.global_gap = 1.0 / per_second
-        self.chat_gap = 1.0 / per_chat
-        self.clock = clock
-        self._global_next = 0.0
-        self._chat_next: dict[str, float] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+    def __init__(self, shared: SharedLimiter, per_second: float, per_chat: float) -> None:
+        self.shared = shared
+        self.overall = Limit(f"{CHANNEL}:all", per_second)
+        self.per_chat = per_chat
+        # A chat's lock lives while a send holds or awaits it: no pruning to get wrong.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def chat_key(self, chat: str) -> str:
+        """The shared bucket of one chat."""
+        return f"{CHANNEL}:chat:{chat}"
 
     @contextlib.asynccontextmanager
     async def slot(self, chat: str) -> AsyncIterator[None]:
-        """Wait for this chat's turn, then for an overall slot; one send per chat at a time."""
+        """Wait for this chat's turn and an overall slot, then send."""
         lock = self._locks.setdefault(chat, asyncio.Lock())
         async with lock:
-            delay = self._chat_next.get(chat, 0.0) - self.clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            # The overall slot is taken only now, so a chat that waits does not hold one up.
-            now = self.clock()
-            start = max(now, self._global_next)
-            self._global_next = start + self.global_gap
-            if start > now:
-                await asyncio.sleep(start - now)
-            try:
-                yield
-            finally:
-                after = self.clock() + self.chat_gap
-                self._chat_next[chat] = max(self._chat_next.get(chat, 0.0), after)
-        self._prune()
+            await self.shared.acquire(self.overall, Limit(self.chat_key(chat), self.per_chat))
+            yield
 
-    def hold(self, chat: str, seconds: float) -> None:
+    async def hold(self, chat: str, seconds: float) -> None:
         """Send nothing to ``chat`` for ``seconds``."""
-        self._chat_next[chat] = max(self._chat_next.get(chat, 0.0), self.clock() + seconds)
+        await asyncio.to_thread(self.shared.hold, self.chat_key(chat), seconds)
 
-    def held_for(self, chat: str) -> float:
+    async def held_for(self, chat: str) -> float:
         """Seconds until ``chat`` may get a message again."""
-        return max(0.0, self._chat_next.get(chat, 0.0) - self.clock())
-
-    def _prune(self) -> None:
-        if len(self._locks) < 1024:
-            return
-        now = self.clock()
-        for chat in [c for c, lk in self._locks.items() if not lk.locked()]:
-            if self._chat_next.get(chat, 0.0) <= now:
-                self._locks.pop(chat, None)
-                self._chat_next.pop(chat, None)
+        return await asyncio.to_thread(self.shared.held_for, self.chat_key(chat))
 
 
 def _seconds(exc: RetryAfter) -> float:
@@ -207,6 +191,7 @@ class TelegramSender:
     def __init__(self, bot: Bot, limiter: ChatRateLimiter) -> None:
         self.bot = bot
         self.limiter = limiter
+        self.max_in_flight = min(32, max(1, math.ceil(limiter.overall.per_second)))
 
     async def send(self, message: Outgoing) -> str | None:
         """Send ``message`` (split if long, buttons on the last part); the last part's id."""
@@ -214,7 +199,7 @@ class TelegramSender:
             chat_id = int(message.address)
         except ValueError:
             raise SendError(f"{message.address!r} is not a Telegram chat id", retryable=False) from None
-        held = self.limiter.held_for(message.address)
+        held = await self.limiter.held_for(message.address)
         if held > INLINE_RETRY_MAX:
             # Waiting here would stall the outbox loop for every chat: try again later instead.
             raise SendError(f"chat on hold for {held:.0f} s (rate limited)", retryable=True, retry_after=held)
@@ -248,7 +233,7 @@ class TelegramSender:
                     return await self.bot.send_message(chat_id, text, reply_markup=markup)
                 except RetryAfter as exc:
                     wait = _seconds(exc)
-                    self.limiter.hold(chat, wait)
+                    await self.limiter.hold(chat, wait)
                     log.warning("Telegram asked to wait %.1f s before writing to chat %s", wait, chat)
                     if wait > INLINE_RETRY_MAX:
                         raise SendError(
@@ -318,7 +303,11 @@ class TelegramService:
         self.idle_delay = idle_delay
         self.drain_timeout = drain_timeout
         settings = runtime.settings
-        self.limiter = ChatRateLimiter(settings.telegram_rate_per_second, settings.telegram_rate_per_chat)
+        self.limiter = ChatRateLimiter(
+            SharedLimiter(runtime.db, headroom=settings.rate_headroom),
+            settings.telegram_rate_per_second,
+            settings.telegram_rate_per_chat,
+        )
         self._sender = TelegramSender(bot, self.limiter)
         self.outbox = Outbox(runtime.db, {CHANNEL: self._sender}, runtime.dialog.reply_options)
         self._poller: asyncio.Task[None] | None = None
@@ -334,14 +323,17 @@ class TelegramService:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Connect, set the command menu, then register the webhook or start polling."""
+    async def start(self, *, receive: bool = True) -> None:
+        """Connect, set the command menu, then register the webhook or start polling
+        (``receive=False``: connect only, to send)."""
         try:
             await self.bot.initialize()
         except InvalidToken as exc:
             raise ValueError(f"Telegram rejected TELEGRAM_BOT_TOKEN: {exc.message}") from exc
         except TelegramError as exc:
             log.warning("Telegram is not reachable yet (%s); carrying on", exc)
+        if not receive:
+            return
         await self._optional(
             "setMyCommands", self.bot.set_my_commands([BotCommand(c, d) for c, d in COMMANDS])
         )
@@ -629,7 +621,7 @@ class TelegramService:
 
         async def job() -> None:
             for message_id in sorted(message_ids):
-                if self.limiter.held_for(chat) > INLINE_RETRY_MAX:
+                if await self.limiter.held_for(chat) > INLINE_RETRY_MAX:
                     return  # a long 429 for this chat: the outbox loop sends the rest, in order
                 await self.outbox.deliver([message_id])
 

@@ -1,0 +1,99 @@
+"""Send pacing shared by every delivery worker, kept in the database (``rate_bucket``).
+
+Each bucket (Telegram overall, one Telegram chat, one sending number) is a GCRA: the row holds
+the bucket's *theoretical arrival time* ``tat``; a send reserves its slot with one atomic upsert
+(``tat = max(tat, now) + 1/rate``) and sleeps until the slot. Because the reservation is made
+in the database, workers in several processes share one limit without talking to each other.
+
+Sends are paced at ``rate x headroom`` (default 97%): the provider counts in its own windows and
+network jitter can bunch two sends into one of them; the headroom keeps every window under the
+limit (see bench/bench_pacing.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from storage.outreach_models import RATE_BUCKET
+
+DEFAULT_HEADROOM = 0.97
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """At most ``per_second`` sends a second on ``key``, with up to ``burst`` at once."""
+
+    key: str
+    per_second: float
+    burst: int = 1
+
+
+class SharedLimiter:
+    """Reserves send slots in the database so every process shares one pace per key."""
+
+    def __init__(
+        self, db: Engine, *, headroom: float = DEFAULT_HEADROOM, clock: Callable[[], float] = time.time
+    ) -> None:
+        if not 0 < headroom <= 1:
+            raise ValueError("headroom must be in (0, 1]")
+        self.db = db
+        self.headroom = headroom
+        self.clock = clock
+        self._insert = pg_insert if db.dialect.name == "postgresql" else sqlite_insert
+        self._greatest = func.greatest if db.dialect.name == "postgresql" else func.max
+
+    async def acquire(self, *limits: Limit) -> float:
+        """Wait for a slot in every bucket; the seconds waited."""
+        if not limits:
+            return 0.0
+        at = await asyncio.to_thread(self.reserve, limits)
+        wait = at - self.clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return max(wait, 0.0)
+
+    def reserve(self, limits: Sequence[Limit]) -> float:
+        """Reserve one slot in each bucket now; the epoch time the send may go."""
+        now = self.clock()
+        with self.db.begin() as conn:
+            return max(self._reserve(conn, limit, now) for limit in sorted(limits, key=lambda x: x.key))
+
+    def _reserve(self, conn: Connection, limit: Limit, now: float) -> float:
+        gap = 1.0 / (limit.per_second * self.headroom)
+        tolerance = gap * (max(limit.burst, 1) - 1)
+        upsert = self._insert(RATE_BUCKET).values(key=limit.key, tat=now + gap)
+        stmt = upsert.on_conflict_do_update(
+            index_elements=[RATE_BUCKET.c.key],
+            set_={"tat": self._greatest(RATE_BUCKET.c.tat, now) + gap},
+        ).returning(RATE_BUCKET.c.tat)
+        tat = float(conn.execute(stmt).scalar_one())
+        return max(now, tat - gap - tolerance)
+
+    def hold(self, key: str, seconds: float) -> None:
+        """Send nothing on ``key`` for ``seconds`` (the provider said to wait)."""
+        until = self.clock() + seconds
+        upsert = self._insert(RATE_BUCKET).values(key=key, tat=until)
+        stmt = upsert.on_conflict_do_update(
+            index_elements=[RATE_BUCKET.c.key], set_={"tat": self._greatest(RATE_BUCKET.c.tat, until)}
+        )
+        with self.db.begin() as conn:
+            conn.execute(stmt)
+
+    def held_for(self, key: str) -> float:
+        """Seconds until ``key``'s next free slot (0 when it is free now)."""
+        with self.db.connect() as conn:
+            tat = conn.execute(select(RATE_BUCKET.c.tat).where(RATE_BUCKET.c.key == key)).scalar()
+        return max(0.0, float(tat) - self.clock()) if tat is not None else 0.0
+
+    def prune(self, *, idle_for: float = 3600.0) -> int:
+        """Forget buckets idle for ``idle_for`` seconds (one-off chats); how many went."""
+        with self.db.begin() as conn:
+            gone = conn.execute(delete(RATE_BUCKET).where(RATE_BUCKET.c.tat < self.clock() - idle_for))
+        return int(gone.rowcount or 0)
