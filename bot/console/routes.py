@@ -1,6 +1,6 @@
 """The console's pages under ``/console``: login, conversations, transcripts, customers, the review
-queue, exports and (admins) users and the audit log. Every route checks the role on the server;
-every POST checks the session's CSRF token."""
+queue, exports, (staff) broadcasts and (admins) users and the audit log. Every route checks the role
+on the server; every POST checks the session's CSRF token."""
 
 # No `from __future__ import annotations` here: FastAPI must see the local Annotated aliases.
 
@@ -24,6 +24,7 @@ from sqlmodel import Session
 
 from bot.console import auth, charts, teach
 from bot.console.auth import ConsoleConfig, LoginOutcome, Principal
+from bot.console.broadcast_routes import broadcast_router
 from bot.runtime import Runtime
 from dialogs.advisor import explain, no_offer_reason
 from dialogs.bank import Question, QuestionBank
@@ -607,6 +608,12 @@ def console_router(runtime: Runtime, config: ConsoleConfig | None = None) -> API
         next_page = f"?before={events[-1]['id']}" if len(events) == q.PAGE_SIZE else None
         return render(request, "audit.html", events=events, erasures=erased, next_page=next_page)
 
+    staff, staff_post = require(Role.STAFF), require_post(Role.STAFF)
+    router.include_router(
+        broadcast_router(
+            runtime, prefix=PREFIX, clock=cfg.clock, render=render, staff=staff, staff_post=staff_post
+        )
+    )
     return router
 
 
