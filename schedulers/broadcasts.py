@@ -19,15 +19,15 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Table, exists, func, insert, select, update
 
 from bot.channels.segments import Estimate, estimate
 from dialogs.advisor import Advisor, describe, money
 from plans.fit import Catalog, Fit, fit_batch, needs_from, read_usage, usage_batch, usage_query
 from schedulers.policy import Contact, Decision, PolicyConfig, Window, decide, local_zone, next_in_window
-from schedulers.proactive import CAPPED_STATUSES
+from schedulers.proactive import CAPPED_STATUSES, SUGGESTION_INTENT, await_answers
 from schedulers.segment_filter import Node, Term, check_metrics, evaluate, parse
 from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT, BroadcastStatus, RecipientStatus
 from storage.models import DeliveryStatus, Direction
@@ -359,6 +359,18 @@ def compile_template(source: str, catalog: Catalog | None = None) -> Template:
     return template
 
 
+OFFER_FIELDS = frozenset({"suggested_plan", "suggested_plan_id"})
+
+
+def is_offer(source: str) -> bool:
+    """Whether a template offers each recipient their suggested plan (it names one of
+    :data:`OFFER_FIELDS`): then a YES or NO reply is taken as the answer to that offer."""
+    try:
+        return bool(meta.find_undeclared_variables(_ENV.parse(source)) & OFFER_FIELDS)
+    except TemplateError:
+        return False
+
+
 def render(template: Template, context: Mapping[str, Any]) -> str:
     """The text for one customer; template errors become BroadcastError."""
     try:
@@ -583,6 +595,7 @@ def send(
         node = parse(row["segment"])
         catalog = advisor.catalog(conn)
         template = compile_template(row["template"], catalog)
+        offer = is_offer(row["template"])
         conn.execute(
             update(BROADCAST)
             .where(BROADCAST.c.id == broadcast_id)
@@ -594,7 +607,9 @@ def send(
             batch = facts_batch(conn, advisor, now, config, after=last, batch_size=batch_size)
             if not batch:
                 break
-            _send_batch(conn, broadcast_id, node, template, catalog, config, batch, now, start, local, report)
+            _send_batch(
+                conn, broadcast_id, node, template, offer, catalog, config, batch, now, start, local, report
+            )
             last = batch[-1].customer_id
     return report
 
@@ -604,6 +619,7 @@ def _send_batch(
     broadcast_id: int,
     node: Node,
     template: Template,
+    offer: bool,
     catalog: Catalog,
     config: PolicyConfig,
     batch: Sequence[Facts],
@@ -623,6 +639,7 @@ def _send_batch(
     )
     messages: list[dict[str, Any]] = []
     queued_for: list[tuple[int, str | None]] = []
+    offered: dict[int, str] = {}  # customer -> the plan the message offers
     excluded: list[dict[str, Any]] = []
     for facts in batch:
         if not evaluate(node, facts.value):
@@ -650,6 +667,9 @@ def _send_batch(
         if decision.deferred:
             report.deferred[str(decision.reason)] += 1
         report.queued += 1
+        plan = facts.fit.best_plan if offer and facts.fit.suggest else None
+        if plan is not None:
+            offered[facts.customer_id] = plan
         messages.append(
             {
                 "customer_id": facts.customer_id,
@@ -657,7 +677,7 @@ def _send_batch(
                 "direction": Direction.OUT,
                 "address": facts.address,
                 "text": render(template, template_context(facts, catalog)),
-                "intent": BROADCAST_INTENT,
+                "intent": BROADCAST_INTENT if plan is None else SUGGESTION_INTENT,
                 "needs_review": False,
                 "status": DeliveryStatus.QUEUED,
                 "attempts": 0,
@@ -685,6 +705,8 @@ def _send_batch(
         ]
     if recipients:
         conn.execute(insert(BROADCAST_RECIPIENT), recipients)
+    if offered:
+        await_answers(conn, offered)
 
 
 # -- status and cancel --------------------------------------------------------------------------
@@ -693,8 +715,8 @@ def _send_batch(
 @dataclass(frozen=True, slots=True)
 class Status:
     """A broadcast's progress: message counts by delivery status (``cancelled`` included),
-    ``excluded`` recipients by reason, and results: switch requests (``accepted``) and declines
-    by recipients since it was scheduled."""
+    ``excluded`` recipients by reason, and results: recipients who answered its plan offer with
+    YES (``accepted``: a switch request) or NO (``declined``)."""
 
     broadcast_id: int
     name: str
@@ -744,20 +766,8 @@ def status(db: Engine, broadcast_id: int) -> Status:
         recipients = int(
             conn.execute(select(func.count()).where(rec.c.broadcast_id == broadcast_id)).scalar_one()
         )
-        since = row["scheduled_at"] or row["created_at"]
-        reached = select(rec.c.customer_id).where(
-            rec.c.broadcast_id == broadcast_id, rec.c.status == RecipientStatus.QUEUED
-        )
-        accepted = conn.execute(
-            select(func.count(func.distinct(SWITCH_REQUEST.c.customer_id))).where(
-                SWITCH_REQUEST.c.customer_id.in_(reached), SWITCH_REQUEST.c.created_at >= since
-            )
-        ).scalar_one()
-        declined = conn.execute(
-            select(func.count(func.distinct(PLAN_DECLINE.c.customer_id))).where(
-                PLAN_DECLINE.c.customer_id.in_(reached), PLAN_DECLINE.c.declined_at >= since
-            )
-        ).scalar_one()
+        accepted = _answered(conn, broadcast_id, SWITCH_REQUEST, SWITCH_REQUEST.c.created_at)
+        declined = _answered(conn, broadcast_id, PLAN_DECLINE, PLAN_DECLINE.c.declined_at)
         state = row["status"]
         if state in (BroadcastStatus.SCHEDULED, BroadcastStatus.SENDING):
             pending = messages.get(DeliveryStatus.QUEUED, 0) + messages.get(DeliveryStatus.SENDING, 0)
@@ -769,6 +779,33 @@ def status(db: Engine, broadcast_id: int) -> Status:
     return Status(
         broadcast_id, row["name"], str(state), recipients, messages, excluded, int(accepted), int(declined)
     )
+
+
+def _answered(conn: Connection, broadcast_id: int, answers: Table, at: ColumnElement[Any]) -> int:
+    """Recipients whose answer (a switch request or a decline) was to this broadcast's offer:
+    given after the offer went out and before any later plan suggestion to them."""
+    rec, offer, later = BROADCAST_RECIPIENT, MESSAGE.alias("offer"), MESSAGE.alias("later")
+    superseded = exists().where(
+        later.c.customer_id == answers.c.customer_id,
+        later.c.direction == Direction.OUT,
+        later.c.intent == SUGGESTION_INTENT,
+        later.c.sent_at > offer.c.sent_at,
+        later.c.sent_at <= at,
+    )
+    query = (
+        select(func.count(func.distinct(answers.c.customer_id)))
+        .select_from(rec)
+        .join(offer, offer.c.id == rec.c.message_id)
+        .join(answers, answers.c.customer_id == rec.c.customer_id)
+        .where(
+            rec.c.broadcast_id == broadcast_id,
+            offer.c.intent == SUGGESTION_INTENT,
+            offer.c.sent_at.is_not(None),
+            at >= offer.c.sent_at,
+            ~superseded,
+        )
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 def cancel(db: Engine, broadcast_id: int, now: datetime) -> int:

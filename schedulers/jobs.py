@@ -39,11 +39,11 @@ from dialogs.advisor import Advisor
 from dialogs.bank import QuestionBank
 from schedulers.billing import BillingConfig, BillingReport, deliver_switches
 from schedulers.delivery import Recovery, recover_stuck
-from schedulers.ratelimit import SharedLimiter
 from schedulers.leader import LeaderLock, leader_lock
 from schedulers.nudges import NudgeConfig, NudgeReport, nudge
 from schedulers.policy import PolicyConfig
 from schedulers.proactive import ScanReport, scan
+from schedulers.ratelimit import SharedLimiter
 from storage.models import utcnow
 
 log = logging.getLogger(__name__)

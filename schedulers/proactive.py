@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
 
 from dialogs.advisor import Advisor, explain
 from plans.fit import Fit, fit_book
@@ -120,16 +120,7 @@ def _one(
         return
     assert channel is not None and address is not None
     message_id = queue_message(conn, customer_id, channel, address, explain(advice), decision, now)
-    conn.execute(
-        update(STATE)
-        .where(STATE.c.customer_id == customer_id)
-        .values(
-            pending_kind=PendingKind.SUGGESTION,
-            pending_key=f"plan:{fit.best_plan}",
-            reask_count=0,
-            version=STATE.c.version + 1,
-        )
-    )
+    await_answers(conn, {customer_id: fit.best_plan})
     kind = "queued" if decision.allowed else "deferred"
     record_event(conn, customer_id, kind, decision.reason, fit.best_plan, message_id, now)
     report.message_ids.append(message_id)
@@ -173,6 +164,45 @@ def lock_state(conn: Connection, customer_id: int) -> Mapping[str, Any]:
         conn.execute(insert(STATE).values(customer_id=customer_id, reask_count=0, deferred={}, version=0))
         row = conn.execute(query).one()
     return dict(row._mapping)
+
+
+def await_answers(conn: Connection, offered: Mapping[int, str]) -> None:
+    """Make each customer's dialogue wait for the answer to the plan just offered to them
+    (customer id -> plan id), so a YES or NO is taken for that offer; a customer in the middle
+    of a confirmation (stop, forget me, a stale answer) is left to finish it."""
+    ids = list(offered)
+    have = set(conn.execute(select(STATE.c.customer_id).where(STATE.c.customer_id.in_(ids))).scalars())
+    new = [c for c in ids if c not in have]
+    if new:
+        conn.execute(
+            insert(STATE),
+            [
+                {
+                    "customer_id": c,
+                    "pending_kind": PendingKind.SUGGESTION,
+                    "pending_key": f"plan:{offered[c]}",
+                    "reask_count": 0,
+                    "deferred": {},
+                    "version": 1,  # not 0: the answer is not a first contact to greet
+                }
+                for c in new
+            ],
+        )
+    if have:
+        conn.execute(
+            update(STATE)
+            .where(
+                STATE.c.customer_id == bindparam("b_customer"),
+                or_(STATE.c.pending_kind.is_(None), and_(*(STATE.c.pending_kind != k for k in _BUSY))),
+            )
+            .values(
+                pending_kind=PendingKind.SUGGESTION,
+                pending_key=bindparam("b_key"),
+                reask_count=0,
+                version=STATE.c.version + 1,
+            ),
+            [{"b_customer": c, "b_key": f"plan:{offered[c]}"} for c in ids if c in have],
+        )
 
 
 def channel_for(

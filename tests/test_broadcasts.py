@@ -9,15 +9,16 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, select, true, update
 
 from dialogs.advisor import Advisor
 from dialogs.engine import DialogEngine
 from schedulers import broadcasts as bc
 from schedulers.policy import PolicyConfig, Skip
 from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT
-from storage.tables import CUSTOMER, MESSAGE, SWITCH_REQUEST, USAGE
-from tests.test_dialog_plans import LIGHT, setup_customer
+from storage.tables import CUSTOMER, MESSAGE, STATE, SWITCH_REQUEST, USAGE
+from tests.test_dialog_plans import LIGHT, PHONE, setup_customer
+from tests.utils import Texter
 
 CONFIG = PolicyConfig(default_timezone="UTC")
 MORNING_NY = datetime(2026, 4, 6, 14, 0, tzinfo=UTC)  # 10:00 in New York, 15:00 in London
@@ -81,9 +82,13 @@ def create(db: Engine, advisor: Advisor, segment: str = SEGMENT, template: str =
     )
 
 
-def messages(db: Engine) -> dict[int, dict[str, Any]]:
+def messages(db: Engine, broadcast_id: int | None = None) -> dict[int, dict[str, Any]]:
+    """The messages queued for broadcasts (or one), by customer."""
+    mine = select(BROADCAST_RECIPIENT.c.message_id).where(
+        BROADCAST_RECIPIENT.c.broadcast_id == broadcast_id if broadcast_id else true()
+    )
     with db.connect() as conn:
-        rows = conn.execute(select(MESSAGE).where(MESSAGE.c.intent == bc.BROADCAST_INTENT))
+        rows = conn.execute(select(MESSAGE).where(MESSAGE.c.id.in_(mine)))
         return {r.customer_id: dict(r._mapping) for r in rows}
 
 
@@ -173,10 +178,8 @@ def test_send_at_night_defers_to_the_morning_and_local_time_follows_each_zone(
     bc.cancel(db, night, NIGHT_NY)
 
     local = create(db, dialog.advisor)
-    with db.begin() as conn:  # only the cancelled messages count for the cap: none
-        conn.execute(update(MESSAGE).where(MESSAGE.c.intent == bc.BROADCAST_INTENT).values(intent="old"))
     bc.send(db, dialog.advisor, CONFIG, local, NIGHT_NY, local_time="10:00")
-    due = {cid: m["next_attempt_at"] for cid, m in messages(db).items()}
+    due = {cid: m["next_attempt_at"] for cid, m in messages(db, local).items()}
     assert due[book["dana"]] == datetime(2026, 4, 6, 14, 0, tzinfo=UTC)  # 10:00 EDT
     assert due[book["hana"]] == datetime(2026, 4, 6, 9, 0, tzinfo=UTC)  # 10:00 BST, zone from the phone
     with pytest.raises(ValueError, match="HH:MM"):
@@ -191,7 +194,9 @@ def test_cancel_stops_what_has_not_gone_and_status_counts_progress_and_results(
     sent = messages(db)
     with db.begin() as conn:
         conn.execute(
-            update(MESSAGE).where(MESSAGE.c.id == sent[book["dana"]]["id"]).values(status="delivered")
+            update(MESSAGE)
+            .where(MESSAGE.c.id == sent[book["dana"]]["id"])
+            .values(status="delivered", sent_at=MORNING_NY)
         )
         conn.execute(update(MESSAGE).where(MESSAGE.c.id == sent[book["hana"]]["id"]).values(status="failed"))
         conn.execute(
@@ -233,3 +238,87 @@ def test_preview_renders_real_recipients_with_sms_segments_and_cost(
     assert p.estimate.encoding == "UCS-2" and p.estimate.segments >= 3
     assert p.estimate.cost == Decimal("0.01") * p.estimate.segments
     assert messages(db) == {}
+
+
+def test_a_reply_to_a_broadcast_offer_is_its_answer_and_counts_in_its_results(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    bid = create(db, dialog.advisor)
+    bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    sent = messages(db, bid)
+    assert {m["intent"] for m in sent.values()} == {"suggestion"}  # the template offers the plan
+    with db.begin() as conn:  # Dana's and Hana's went out; Ivy's waits for her cap
+        for who in ("dana", "hana"):
+            conn.execute(
+                update(MESSAGE)
+                .where(MESSAGE.c.id == sent[book[who]]["id"])
+                .values(status="delivered", sent_at=MORNING_NY)
+            )
+    yes = Texter(dialog, PHONE, channel="sms", phone=PHONE, now=MORNING_NY).say("YES")
+    assert "switch" in yes[0].text.lower()
+    no = Texter(dialog, "+442071838750", channel="sms", phone="+442071838750", now=MORNING_NY).say("no")
+    assert no[0].text.startswith("OK, you'll stay on Plus 20 GB")
+    Texter(dialog, "+14155550175", channel="sms", phone="+14155550175", now=MORNING_NY).say("yes")
+    with db.connect() as conn:
+        switches = conn.execute(select(SWITCH_REQUEST.c.customer_id, SWITCH_REQUEST.c.to_plan_id)).all()
+    assert [tuple(s) for s in switches] == [(book["dana"], "basic-5")]  # Ivy has not seen hers yet
+    status = bc.status(db, bid)
+    assert (status.accepted, status.declined) == (1, 1)
+    other = create(db, dialog.advisor, template="Hi {{ name }}, our shops open late on Fridays now.")
+    assert (bc.status(db, other).accepted, bc.status(db, other).declined) == (0, 0)  # not its answers
+
+
+def test_an_answer_to_a_later_suggestion_is_not_the_broadcasts(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    bid = create(db, dialog.advisor)
+    bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    dana = messages(db, bid)[book["dana"]]
+    with db.begin() as conn:
+        conn.execute(
+            update(MESSAGE).where(MESSAGE.c.id == dana["id"]).values(status="sent", sent_at=MORNING_NY)
+        )
+        conn.execute(
+            insert(MESSAGE).values(
+                customer_id=book["dana"],
+                channel="sms",
+                direction="out",
+                address=dana["address"],
+                text="a later offer",
+                intent="suggestion",
+                status="sent",
+                marketing=True,
+                sent_at=MORNING_NY + timedelta(days=2),
+                created_at=MORNING_NY + timedelta(days=2),
+            )
+        )
+        for days in (-1, 3):  # one before the broadcast went, one answering the later offer
+            conn.execute(
+                insert(SWITCH_REQUEST).values(
+                    customer_id=book["dana"], from_plan_id="plus-20", to_plan_id="basic-5",
+                    monthly_saving=Decimal("20.00"), created_at=MORNING_NY + timedelta(days=days),
+                )
+            )  # fmt: skip
+    assert bc.status(db, bid).accepted == 0
+    with db.begin() as conn:
+        conn.execute(
+            insert(SWITCH_REQUEST).values(
+                customer_id=book["dana"], from_plan_id="plus-20", to_plan_id="basic-5",
+                monthly_saving=Decimal("20.00"), created_at=MORNING_NY + timedelta(days=1),
+            )
+        )  # fmt: skip
+    assert bc.status(db, bid).accepted == 1
+
+
+def test_a_broadcast_without_an_offer_leaves_the_dialogue_alone(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    assert not bc.is_offer("Hi {{ name }}, news: {{ current_plan }} now has 5G.")
+    assert bc.is_offer("{% if suggested_plan %}Try {{ suggested_plan }}{% endif %}")
+    bid = create(db, dialog.advisor, template="Hi {{ name }}, news: {{ current_plan }} now has 5G.")
+    bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    assert {m["intent"] for m in messages(db, bid).values()} == {bc.BROADCAST_INTENT}
+    with db.connect() as conn:
+        assert (
+            conn.execute(select(STATE.c.pending_kind).where(STATE.c.pending_kind == "suggestion")).all() == []
+        )
