@@ -88,6 +88,16 @@ class Advice:
         return self.catalog.get(self.fit.current_plan)
 
 
+def decline_holds(then: Mapping[str, Any], now: Mapping[str, Decimal], limit: Decimal) -> bool:
+    """Whether a "no" given when usage was ``then`` (metric -> monthly mean) still speaks for
+    usage ``now``: no metric moved by more than ``limit`` (a share) since."""
+    for metric in set(then) | set(now):
+        before, after = Decimal(str(then.get(metric, 0))), now.get(metric, Decimal(0))
+        if abs(after - before) > limit * max(before, Decimal("0.001")):
+            return False
+    return True
+
+
 class Advisor:
     """Plan fit for the customer in a turn, on the turn's connection."""
 
@@ -165,11 +175,8 @@ class Advisor:
         if row is None:
             return None
         declined_at, then = row
-        limit = self.config.decline_usage_change
-        for metric in set(then) | set(usage):
-            before, after = Decimal(str(then.get(metric, 0))), usage.get(metric, Decimal(0))
-            if abs(after - before) > limit * max(before, Decimal("0.001")):
-                return None  # usage moved: the old "no" no longer speaks for today
+        if not decline_holds(then, usage, self.config.decline_usage_change):
+            return None
         return declined_at if isinstance(declined_at, datetime) else None
 
     def record_switch(

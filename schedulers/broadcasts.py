@@ -24,10 +24,10 @@ from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import ColumnElement, Connection, Engine, Table, exists, func, insert, select, update
 
 from bot.channels.segments import Estimate, estimate
-from dialogs.advisor import Advisor, describe, money
+from dialogs.advisor import Advisor, decline_holds, describe, money
 from plans.fit import Catalog, Fit, fit_batch, needs_from, read_usage, usage_batch, usage_query
 from schedulers.policy import Contact, Decision, PolicyConfig, Window, decide, local_zone, next_in_window
-from schedulers.proactive import CAPPED_STATUSES, SUGGESTION_INTENT, await_answers
+from schedulers.proactive import CAPPED_STATUSES, SUGGESTION_INTENT, await_answers, pick_channel
 from schedulers.segment_filter import Node, Term, check_metrics, evaluate, parse
 from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT, BroadcastStatus, RecipientStatus
 from storage.models import DeliveryStatus, Direction
@@ -217,8 +217,8 @@ def _channels(
     lo: int,
     hi: int,
 ) -> dict[int, tuple[str | None, str | None]]:
-    """Each customer's channel and address, by the rule of ``schedulers.proactive._channel``:
-    the preferred channel, else the one they last wrote on, else SMS to their phone."""
+    """Each customer's channel and address (:func:`schedulers.proactive.pick_channel`), read for
+    the whole batch at once."""
     identities: dict[tuple[int, str], str] = {}
     if any(isinstance(p.get("contact_channel"), str) for p in prefs.values()):
         for cid, channel, address in conn.execute(
@@ -247,16 +247,8 @@ def _channels(
     result: dict[int, tuple[str | None, str | None]] = {}
     for c in customers:
         preferred = prefs.get(c.id, {}).get("contact_channel")
-        if isinstance(preferred, str):
-            if preferred == "email":
-                result[c.id] = (preferred, c.email)
-            else:
-                address = identities.get((c.id, preferred))
-                result[c.id] = (preferred, address if address or preferred != "sms" else c.phone)
-        elif c.id in last_in:
-            result[c.id] = last_in[c.id]
-        else:
-            result[c.id] = ("sms", c.phone) if c.phone else (None, None)
+        on_preferred = identities.get((c.id, preferred)) if isinstance(preferred, str) else None
+        result[c.id] = pick_channel(preferred, on_preferred, last_in.get(c.id), email=c.email, phone=c.phone)
     return result
 
 
@@ -292,17 +284,9 @@ def _declines(conn: Connection, lo: int, hi: int, since: datetime) -> dict[int, 
 def _declined(
     declines: Sequence[tuple[str, Any]], plan_id: str, usage: Mapping[str, Decimal], limit: Decimal
 ) -> bool:
-    """The advisor's rule (``Advisor._declined``): the latest recent decline of ``plan_id`` still
-    holds unless usage moved by more than ``limit`` since."""
-    for declined_plan, then in declines:
-        if declined_plan != plan_id:
-            continue
-        for metric in set(then) | set(usage):
-            before, after = Decimal(str(then.get(metric, 0))), usage.get(metric, Decimal(0))
-            if abs(after - before) > limit * max(before, Decimal("0.001")):
-                return False
-        return True
-    return False
+    """The advisor's rule: the latest recent decline of ``plan_id`` holds unless usage moved."""
+    latest = next((then for declined_plan, then in declines if declined_plan == plan_id), None)
+    return latest is not None and decline_holds(latest, usage, limit)
 
 
 def _suppressed(conn: Connection, pairs: Any) -> set[tuple[str | None, str | None]]:

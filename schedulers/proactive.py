@@ -208,21 +208,16 @@ def await_answers(conn: Connection, offered: Mapping[int, str]) -> None:
 def channel_for(
     conn: Connection, customer: Mapping[str, Any], prefs: Mapping[str, Any], config: PolicyConfig
 ) -> tuple[str | None, str | None]:
-    """The preferred channel and the customer's address on it. Without a stated preference: the
-    channel they last wrote on (of those proactive messages use), else SMS to their phone."""
+    """The customer's channel and address (:func:`pick_channel`)."""
     preferred = prefs.get("contact_channel")
+    on_preferred = None
     if isinstance(preferred, str):
-        if preferred == "email":
-            return preferred, customer["email"]
-        address = conn.execute(
+        on_preferred = conn.execute(
             select(IDENTITY.c.address)
             .where(IDENTITY.c.customer_id == customer["id"], IDENTITY.c.channel == preferred)
             .order_by(IDENTITY.c.id.desc())
             .limit(1)
         ).scalar()
-        if address is None and preferred == "sms":
-            address = customer["phone"]
-        return preferred, address
     last = conn.execute(
         select(MESSAGE.c.channel, MESSAGE.c.address)
         .where(
@@ -233,9 +228,28 @@ def channel_for(
         .order_by(MESSAGE.c.id.desc())
         .limit(1)
     ).first()
-    if last is not None:
-        return last[0], last[1]
-    return ("sms", customer["phone"]) if customer["phone"] else (None, None)
+    last_in = (last[0], last[1]) if last is not None else None
+    return pick_channel(preferred, on_preferred, last_in, email=customer["email"], phone=customer["phone"])
+
+
+def pick_channel(
+    preferred: Any,
+    on_preferred: str | None,
+    last_in: tuple[str, str] | None,
+    *,
+    email: str | None,
+    phone: str | None,
+) -> tuple[str | None, str | None]:
+    """Where proactive messages go: the preferred channel (at the customer's latest address on
+    it, ``on_preferred``; email at their email; SMS falls back to their phone), else the channel
+    they last wrote on (of those proactive messages use), else SMS to their phone."""
+    if isinstance(preferred, str):
+        if preferred == "email":
+            return preferred, email
+        return preferred, on_preferred if on_preferred or preferred != "sms" else phone
+    if last_in is not None:
+        return last_in
+    return ("sms", phone) if phone else (None, None)
 
 
 def suppressed(conn: Connection, channel: str, address: str) -> bool:
