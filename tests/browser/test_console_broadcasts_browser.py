@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 
 from dialogs.bank import QuestionBank
 from schedulers import broadcasts as bc
+from storage.broadcast_models import BROADCAST_RECIPIENT
 from storage.db import open_database
 from storage.tables import MESSAGE
 from tests.browser import test_console_browser as base
@@ -94,9 +95,9 @@ def test_staff_create_dry_run_schedule_and_watch_a_broadcast(staff_page: Page, s
     # Two messages are delivered: the page shows it without a reload (its script polls status.json).
     with db.begin() as conn:
         ids = conn.execute(
-            select(MESSAGE.c.id)
-            .where(MESSAGE.c.intent == bc.BROADCAST_INTENT)
-            .order_by(MESSAGE.c.id)
+            select(BROADCAST_RECIPIENT.c.message_id)
+            .where(BROADCAST_RECIPIENT.c.message_id.is_not(None))
+            .order_by(BROADCAST_RECIPIENT.c.message_id)
             .limit(2)
         ).scalars()
         conn.execute(update(MESSAGE).where(MESSAGE.c.id.in_(list(ids))).values(status="delivered"))
