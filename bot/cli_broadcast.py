@@ -140,7 +140,7 @@ def send(
         str | None, typer.Option("--local-time", help="HH:MM in each recipient's own time zone.")
     ] = None,
 ) -> None:
-    """Queue one message per recipient (idempotent: a re-run never sends twice)."""
+    """Queue one message per recipient now, or at --at (idempotent: a re-run never sends twice)."""
     from schedulers.broadcasts import BroadcastError
     from schedulers.broadcasts import send as send_broadcast
 
@@ -159,6 +159,12 @@ def send(
         )  # fmt: skip
     except (BroadcastError, ValueError) as exc:
         raise _fail(exc) from None
+    if r.waiting_until is not None:
+        console.print(
+            f"Scheduled for {r.waiting_until:%Y-%m-%d %H:%M %Z}: the scheduler of `rapport run` prepares it "
+            "then (segment, contact policy, texts as of that moment) and queues the messages."
+        )
+        return
     console.print(f"{r.queued} message(s) queued ({sum(r.deferred.values())} deferred by the policy)")
     if r.already:
         console.print(f"  {r.already} already had this broadcast: skipped")

@@ -49,7 +49,7 @@ def components(
         Component(
             "scheduler",
             True,
-            f"suggestion scan daily at {settings.proactive_scan_at:%H:%M} UTC, nudges, recovery"
+            f"suggestion scan daily at {settings.proactive_scan_at:%H:%M} UTC, broadcasts, nudges, recovery"
             + (", billing" if settings.billing_webhook_url else "")
             + " (one leader among processes)",
         ),

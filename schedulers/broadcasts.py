@@ -531,6 +531,7 @@ class SendReport:
     excluded: Counter[str] = field(default_factory=Counter)
     already: int = 0
     outside_segment: int = 0
+    waiting_until: datetime | None = None  # to be prepared then (nothing queued yet)
 
 
 def parse_local_time(text: str) -> time:
@@ -562,15 +563,61 @@ def send(
     local_time: str | None = None,
     batch_size: int = 5_000,
 ) -> SendReport:
-    """Queue the broadcast: one marketing message per customer of the segment the policy allows,
-    due at ``at`` (default now), or at ``local_time`` (HH:MM) in each customer's zone on or after
-    it, deferred by the policy to the next allowed moment; policy exclusions get a recipient row
-    with the reason. Idempotent: customers who already have a row are skipped, so a second run
-    (say after a crash) only fills in the rest."""
+    """Schedule the broadcast for ``at`` (default now), or for ``local_time`` (HH:MM) in each
+    customer's zone on or after it. Due now: prepared at once (:func:`prepare`). Later: it
+    ``waits`` and the scheduler's job (:func:`prepare_due`) prepares it when its time comes, so
+    the segment, the contact policy and the numbers in each text are those of that day."""
     start = at or now
     if start.tzinfo is None:
         raise ValueError("send() needs a timezone-aware time")
-    local = parse_local_time(local_time) if local_time else None
+    if local_time:
+        parse_local_time(local_time)
+    with db.begin() as conn:
+        row = get(conn, broadcast_id)
+        if row["status"] in (BroadcastStatus.CANCELLED, BroadcastStatus.DONE):
+            raise BroadcastError(f"broadcast {broadcast_id} is {row['status']}")
+        compile_template(row["template"], advisor.catalog(conn))
+        waiting = start > now
+        conn.execute(
+            update(BROADCAST)
+            .where(BROADCAST.c.id == broadcast_id)
+            .values(
+                status=BroadcastStatus.WAITING if waiting else row["status"],
+                scheduled_at=start,
+                local_time=local_time,
+            )
+        )
+    if waiting:
+        return SendReport(waiting_until=start)
+    return prepare(db, advisor, config, broadcast_id, now, batch_size=batch_size)
+
+
+def prepare_due(db: Engine, advisor: Advisor, config: PolicyConfig, now: datetime) -> dict[int, SendReport]:
+    """Job: prepare every waiting broadcast whose time has come; what each queued."""
+    with db.connect() as conn:
+        due = conn.execute(
+            select(BROADCAST.c.id)
+            .where(BROADCAST.c.status == BroadcastStatus.WAITING, BROADCAST.c.scheduled_at <= now)
+            .order_by(BROADCAST.c.scheduled_at, BROADCAST.c.id)
+        ).scalars()
+        ids = list(due)
+    return {bid: prepare(db, advisor, config, bid, now) for bid in ids}
+
+
+def prepare(
+    db: Engine,
+    advisor: Advisor,
+    config: PolicyConfig,
+    broadcast_id: int,
+    now: datetime,
+    *,
+    batch_size: int = 5_000,
+) -> SendReport:
+    """Queue the broadcast: one marketing message per customer of the segment the policy allows,
+    due at its ``scheduled_at`` (or its ``local_time`` in each customer's zone on or after it),
+    deferred by the policy to the next allowed moment; policy exclusions get a recipient row
+    with the reason. Idempotent: customers who already have a row are skipped, so a second run
+    (say after a crash) only fills in the rest."""
     report = SendReport()
     with db.begin() as conn:
         row = get(conn, broadcast_id)
@@ -580,11 +627,8 @@ def send(
         catalog = advisor.catalog(conn)
         template = compile_template(row["template"], catalog)
         offer = is_offer(row["template"])
-        conn.execute(
-            update(BROADCAST)
-            .where(BROADCAST.c.id == broadcast_id)
-            .values(status=BroadcastStatus.SCHEDULED, scheduled_at=start, local_time=local_time)
-        )
+        start = row["scheduled_at"] or now
+        local = parse_local_time(row["local_time"]) if row["local_time"] else None
     last = 0
     while True:  # one transaction a batch: read the facts, queue the messages
         with db.begin() as conn:
@@ -595,7 +639,16 @@ def send(
                 conn, broadcast_id, node, template, offer, catalog, config, batch, now, start, local, report
             )
             last = batch[-1].customer_id
+    with db.begin() as conn:  # queued: status() follows its progress from here
+        conn.execute(
+            update(BROADCAST)
+            .where(BROADCAST.c.id == broadcast_id, BROADCAST.c.status.in_(_UNPREPARED))
+            .values(status=BroadcastStatus.SCHEDULED, scheduled_at=row["scheduled_at"] or now)
+        )
     return report
+
+
+_UNPREPARED = (BroadcastStatus.DRAFT, BroadcastStatus.WAITING)
 
 
 def _send_batch(
@@ -632,7 +685,8 @@ def _send_batch(
         if facts.customer_id in done:
             report.already += 1
             continue
-        moment = local_moment(facts, start, local, config) if local else start
+        # Never a moment gone by: a job that ran late must not send at night.
+        moment = max(local_moment(facts, start, local, config) if local else start, now)
         decision: Decision = decide(facts.contact(), moment, config)
         if not decision.allowed and not decision.deferred:
             report.excluded[str(decision.reason)] += 1

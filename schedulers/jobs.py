@@ -4,12 +4,14 @@ Jobs are module-level functions without arguments, so the job store keeps only a
 (``schedulers.jobs:daily_scan``); they take their inputs from the :class:`JobContext` the running
 process bound with :func:`bind` and call plain cores that take explicit inputs
 (:func:`schedulers.proactive.scan`, :func:`schedulers.nudges.nudge`,
-:func:`schedulers.billing.deliver_switches`, :func:`schedulers.delivery.recover_stuck`).
+:func:`schedulers.broadcasts.prepare_due`, :func:`schedulers.billing.deliver_switches`,
+:func:`schedulers.delivery.recover_stuck`).
 
 Missed runs (no leader at the time, a restart): every job has ``coalesce=True`` (however many runs
 were missed, it runs once) and a ``misfire_grace_time`` (how late it may still run; later than
 that the run is skipped and the next regular one is waited for): the daily scan 6 hours, nudges
-30 minutes, billing 1 minute, the stuck-message recovery 5 minutes. ``max_instances=1``. Jobs are
+30 minutes, waiting broadcasts 5 minutes (a broadcast whose run was skipped is prepared by the
+next one: it waits until then), billing 1 minute, the stuck-message recovery 5 minutes. ``max_instances=1``. Jobs are
 safe to overlap anyway: each customer is decided under their dialog lock.
 
 ``BackgroundScheduler``, not ``AsyncIOScheduler``: the job store and the jobs are synchronous
@@ -38,6 +40,7 @@ from sqlalchemy import Engine
 from dialogs.advisor import Advisor
 from dialogs.bank import QuestionBank
 from schedulers.billing import BillingConfig, BillingReport, deliver_switches
+from schedulers.broadcasts import SendReport, prepare_due
 from schedulers.delivery import Recovery, recover_stuck
 from schedulers.leader import LeaderLock, leader_lock
 from schedulers.nudges import NudgeConfig, NudgeReport, nudge
@@ -50,8 +53,10 @@ log = logging.getLogger(__name__)
 
 JOBSTORE_TABLE = "apscheduler_jobs"  # APScheduler's own table, created by it (not a migration)
 SCAN_JOB, NUDGE_JOB, BILLING_JOB, RECOVER_JOB = "proactive-scan", "nudges", "billing", "recover-stuck"
+BROADCAST_JOB = "broadcasts"
 GRACE = {
     SCAN_JOB: timedelta(hours=6),
+    BROADCAST_JOB: timedelta(minutes=5),
     NUDGE_JOB: timedelta(minutes=30),
     BILLING_JOB: timedelta(minutes=1),
     RECOVER_JOB: timedelta(minutes=5),
@@ -75,11 +80,13 @@ class JobContext:
 @dataclass(frozen=True, slots=True)
 class ScheduleConfig:
     """When jobs run (settings ``PROACTIVE_SCAN_AT`` in UTC, ``NUDGE_EVERY_MINUTES``,
-    ``SCHEDULER_LEADER_RETRY_SECONDS``); billing runs every minute when configured."""
+    ``SCHEDULER_LEADER_RETRY_SECONDS``); billing runs every minute when configured, and waiting
+    broadcasts are looked for every minute."""
 
     scan_at: time = time(9, 0)
     nudge_every: timedelta = timedelta(hours=1)
     billing_every: timedelta = timedelta(minutes=1)
+    broadcasts_every: timedelta = timedelta(minutes=1)
     leader_retry: float = 5.0
 
 
@@ -128,6 +135,21 @@ def deliver_billing() -> BillingReport | None:
     return deliver_switches(ctx.db, ctx.billing, now=ctx.clock())
 
 
+def prepare_broadcasts() -> dict[int, SendReport]:
+    """Job: prepare the broadcasts scheduled for now (``rapport broadcast send --at``)."""
+    ctx = _bound()
+    reports = prepare_due(ctx.db, ctx.advisor, ctx.policy, ctx.clock())
+    for broadcast_id, report in reports.items():
+        log.info(
+            "broadcast %d prepared: %d queued (%d deferred), excluded %s",
+            broadcast_id,
+            report.queued,
+            sum(report.deferred.values()),
+            dict(report.excluded),
+        )
+    return reports
+
+
 def recover() -> Recovery:
     """Job: settle messages a dead process left in ``sending``; forget idle rate buckets."""
     ctx = _bound()
@@ -148,6 +170,10 @@ def job_specs(schedule: ScheduleConfig, context: JobContext) -> dict[str, tuple[
         ),
         NUDGE_JOB: (_ref(send_nudges), IntervalTrigger(seconds=schedule.nudge_every.total_seconds())),
         RECOVER_JOB: (_ref(recover), IntervalTrigger(seconds=context.stuck_after.total_seconds())),
+        BROADCAST_JOB: (
+            _ref(prepare_broadcasts),
+            IntervalTrigger(seconds=schedule.broadcasts_every.total_seconds()),
+        ),
     }
     if context.billing is not None:
         specs[BILLING_JOB] = (

@@ -15,6 +15,7 @@ class BroadcastStatus(StrEnum):
     """The life of a broadcast."""
 
     DRAFT = "draft"
+    WAITING = "waiting"  # to be prepared (segment, policy, messages) at ``scheduled_at``
     SCHEDULED = "scheduled"  # messages queued, none gone yet
     SENDING = "sending"  # some gone, some still queued
     DONE = "done"  # nothing left queued

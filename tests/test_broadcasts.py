@@ -322,3 +322,36 @@ def test_a_broadcast_without_an_offer_leaves_the_dialogue_alone(
         assert (
             conn.execute(select(STATE.c.pending_kind).where(STATE.c.pending_kind == "suggestion")).all() == []
         )
+
+
+def test_a_broadcast_for_later_waits_and_the_job_prepares_it_with_that_days_policy(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    bid = create(db, dialog.advisor)
+    monday = MORNING_NY + timedelta(days=7)
+    report = bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY, at=monday)
+    assert (report.queued, report.waiting_until) == (0, monday)
+    assert messages(db) == {}
+    assert bc.status(db, bid).status == "waiting"
+    with db.begin() as conn:  # meanwhile Dana stops marketing; Ivy's cap has run out by Monday
+        conn.execute(update(CUSTOMER).where(CUSTOMER.c.id == book["dana"]).values(marketing_consent=False))
+    assert bc.prepare_due(db, dialog.advisor, CONFIG, monday - timedelta(minutes=1)) == {}
+    late = monday + timedelta(minutes=1)  # the job runs each minute
+    prepared = bc.prepare_due(db, dialog.advisor, CONFIG, late)
+    assert list(prepared) == [bid] and prepared[bid].queued == 2
+    assert prepared[bid].excluded == {Skip.NO_CONSENT: 2, Skip.OPTED_OUT: 1}
+    due = {cid: m["next_attempt_at"] for cid, m in messages(db, bid).items()}
+    assert due == {book["hana"]: None, book["ivy"]: None}  # due at once: the time has come
+    assert bc.status(db, bid).status == "scheduled"
+    assert bc.prepare_due(db, dialog.advisor, CONFIG, late + timedelta(minutes=1)) == {}  # once
+
+
+def test_a_job_that_runs_late_never_sends_at_night(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    bid = create(db, dialog.advisor)
+    day_before = MORNING_NY - timedelta(days=1)  # 10:00 in New York; sent for noon
+    bc.send(db, dialog.advisor, CONFIG, bid, day_before, at=day_before + timedelta(hours=2))
+    bc.prepare_due(db, dialog.advisor, CONFIG, NIGHT_NY)  # the scheduler was down until 23:00 in NY
+    dana = messages(db, bid)[book["dana"]]
+    assert dana["next_attempt_at"] == datetime(2026, 4, 6, 12, 0, tzinfo=UTC)  # 08:00 NY, not now

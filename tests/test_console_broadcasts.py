@@ -354,28 +354,45 @@ def test_schedule_now_then_live_status_results_cancel_and_the_audit_log(
     )
 
 
-@pytest.mark.parametrize(
-    ("form", "dana_due", "hana_due"),
-    [
-        # 11:00 in New York, 16:00 in London.
-        ({"when": "at", "at": "2026-04-07T15:00"}, datetime(2026, 4, 7, 15, 0), datetime(2026, 4, 7, 15, 0)),
-        # 10:00 EDT is now (14:00 UTC); 10:00 BST has passed in London today (the zone from the phone).
-        ({"when": "local", "local_time": "10:00"}, None, datetime(2026, 4, 7, 9, 0)),
-    ],
-)
-def test_schedule_at_a_time_or_each_recipients_local_time(
-    staff: Console, book: dict[str, int], form: dict[str, str], dana_due: datetime | None, hana_due: datetime
+def test_schedule_for_later_waits_for_the_scheduler_to_prepare_it(
+    staff: Console, book: dict[str, int]
 ) -> None:
     bid = create(staff)
-    assert schedule(staff, bid, **form).status_code == 303
+    response = schedule(staff, bid, when="at", at="2026-04-07T15:00")  # 11:00 in New York
+    assert response.headers["location"] == f"/console/broadcasts/{bid}?done=waiting"
+    assert broadcast_messages(staff.db) == {}
+    page = staff.client.get(response.headers["location"]).text
+    assert "the scheduler prepares it" in page and "scheduled for 2026-04-07 15:00 UTC" in page
+    assert (
+        'id="cancel"' in page
+        and staff.client.get(f"/console/broadcasts/{bid}/status.json").json()["status"] == "waiting"
+    )
+    [detail] = [d for action, _, _, d in broadcast_audit(staff.db) if action == "broadcast_scheduled"]
+    assert (detail["at"], detail["queued"]) == ("2026-04-07T15:00:00+00:00", 0)
+    runtime = staff.runtime
+    bc.prepare_due(
+        staff.db,
+        runtime.dialog.advisor,
+        runtime.settings.policy_config(),
+        datetime(2026, 4, 7, 15, 0, tzinfo=UTC),
+    )
     due = {cid: m["next_attempt_at"] for cid, m in broadcast_messages(staff.db).items()}
-    assert due[book["dana"]] == (dana_due.replace(tzinfo=UTC) if dana_due else None)  # None: due now
-    assert due[book["hana"]] == hana_due.replace(tzinfo=UTC)
+    assert due[book["dana"]] is None and due[book["hana"]] is None  # prepared at its time: due now
+    assert staff.client.get(f"/console/broadcasts/{bid}/status.json").json()["status"] == "scheduled"
+
+
+def test_schedule_at_each_recipients_local_time(staff: Console, book: dict[str, int]) -> None:
+    bid = create(staff)
+    assert schedule(staff, bid, when="local", local_time="10:00").status_code == 303
+    due = {cid: m["next_attempt_at"] for cid, m in broadcast_messages(staff.db).items()}
+    # 10:00 EDT is now (14:00 UTC); 10:00 BST has passed in London today (the zone from the phone).
+    assert due[book["dana"]] is None
+    assert due[book["hana"]] == datetime(2026, 4, 7, 9, 0, tzinfo=UTC)
     with staff.db.connect() as conn:
         row = conn.execute(select(BROADCAST.c.status, BROADCAST.c.local_time)).one()
-    assert tuple(row) == ("scheduled", form.get("local_time"))
+    assert tuple(row) == ("scheduled", "10:00")
     [detail] = [d for action, _, _, d in broadcast_audit(staff.db) if action == "broadcast_scheduled"]
-    assert detail["local_time"] == form.get("local_time") and detail["queued"] == 3
+    assert detail["local_time"] == "10:00" and detail["queued"] == 3
 
 
 @pytest.mark.parametrize(

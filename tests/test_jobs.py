@@ -51,6 +51,7 @@ def test_job_functions_run_the_cores_with_the_bound_context(db: Engine, dialog: 
         assert jobs.send_nudges().queued == 0
         assert jobs.deliver_billing() is None  # no BILLING_WEBHOOK_URL
         assert jobs.recover().unknown == ()
+        assert jobs.prepare_broadcasts() == {}  # none waiting
     finally:
         jobs.bind(None)
     with db.connect() as conn:
@@ -70,7 +71,7 @@ def test_jobs_persist_with_the_misfire_policy_and_a_restart_keeps_them(
     ensure_jobs(first, job_specs(ScheduleConfig(scan_at=time(9, 30)), ctx))
     stored = {job.id: job for job in first.get_jobs()}
     first.shutdown()
-    assert set(stored) == {jobs.SCAN_JOB, jobs.NUDGE_JOB, jobs.RECOVER_JOB}
+    assert set(stored) == {jobs.SCAN_JOB, jobs.NUDGE_JOB, jobs.RECOVER_JOB, jobs.BROADCAST_JOB}
     for job in stored.values():
         assert job.coalesce is True
         assert job.misfire_grace_time == GRACE[job.id].total_seconds()

@@ -27,11 +27,13 @@ MAX_NAME = 200  # the column's length
 MAX_SEGMENT = 2_000
 MAX_TEMPLATE = 5_000
 DELIVERY = tuple(s.value for s in DeliveryStatus)  # progress columns, in the life order of a message
-LIVE = frozenset({BroadcastStatus.SCHEDULED, BroadcastStatus.SENDING})
+LIVE = frozenset({BroadcastStatus.WAITING, BroadcastStatus.SCHEDULED, BroadcastStatus.SENDING})
 CANCELLABLE = LIVE | {BroadcastStatus.DRAFT}
 _NOTICES = {
     "created": "Created as a draft. Check the preview and the dry run, then schedule it.",
     "scheduled": "Scheduled: the messages are in the outbox and go out as they fall due.",
+    "waiting": "Scheduled: at that time the scheduler prepares it (segment, contact policy and texts "
+    "as of then) and the messages go out.",
     "cancelled": "Cancelled: queued messages will not be sent.",
 }
 
@@ -295,7 +297,8 @@ def broadcast_router(
             deferred=sum(report.deferred.values()),
             excluded=dict(report.excluded),
         )
-        return RedirectResponse(f"{base}/{broadcast_id}?done=scheduled", status_code=303)
+        done = "waiting" if report.waiting_until is not None else "scheduled"
+        return RedirectResponse(f"{base}/{broadcast_id}?done={done}", status_code=303)
 
     @router.post("/{broadcast_id}/cancel")
     def cancel(request: Request, me: StaffPost, broadcast_id: int) -> Response:
