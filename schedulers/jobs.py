@@ -11,8 +11,9 @@ Missed runs (no leader at the time, a restart): every job has ``coalesce=True`` 
 were missed, it runs once) and a ``misfire_grace_time`` (how late it may still run; later than
 that the run is skipped and the next regular one is waited for): the daily scan 6 hours, nudges
 30 minutes, waiting broadcasts 5 minutes (a broadcast whose run was skipped is prepared by the
-next one: it waits until then), billing 1 minute, the stuck-message recovery 5 minutes. ``max_instances=1``. Jobs are
-safe to overlap anyway: each customer is decided under their dialog lock.
+next one: it waits until then), billing 1 minute, the stuck-message recovery 5 minutes.
+``max_instances=1``. Jobs are safe to overlap anyway: each customer is decided under their dialog
+lock.
 
 ``BackgroundScheduler``, not ``AsyncIOScheduler``: the job store and the jobs are synchronous
 database work (a scan may take a while, SQLite may wait on its write lock) that must not block the
