@@ -105,9 +105,12 @@ _MESSAGE = Message.__table__  # type: ignore[attr-defined]
 Index("ix_message_channel_id", _MESSAGE.c.channel, _MESSAGE.c.id)
 Index("ix_message_review_id", _MESSAGE.c.needs_review, _MESSAGE.c.id)
 
-# Full-text search objects created by migration 0005 outside the models: an FTS5 table (and its
-# shadow tables) on SQLite, a GIN expression index on PostgreSQL.
-FTS_TABLE = "message_fts"
+# Full-text search objects created by migrations (0005, reshaped by 0009) outside the models. They
+# index conversations only, the messages that are not marketing: on SQLite an FTS5 table (and its
+# shadow tables) whose external content is the view message_fts_source, kept in step by triggers;
+# on PostgreSQL a partial GIN expression index, WHERE NOT marketing, with statistics on its
+# expression (message_text_fts_stats: the planner does not use a partial index's own).
+FTS_TABLE = "message_fts"  # also the prefix of its shadow tables and of the view
 PG_FTS_INDEX = "ix_message_text_fts"
 
 

@@ -83,19 +83,28 @@ def fts5_query(user_text: str) -> str:
 _FTS = table(FTS_TABLE, column("rowid"), column(FTS_TABLE))
 
 
+# What text search looks in (migration 0009): conversations, i.e. what customers wrote and the
+# bot's replies, not outbound marketing (broadcasts, plan suggestions, nudges: bot-written offers,
+# a broadcast the same template for every recipient). Those are found by customer, channel and
+# date instead. Written without a bound parameter (``NOT message.marketing`` on PostgreSQL) so
+# that the planner, even with a generic plan, sees it implies the partial GIN index's predicate.
+SEARCHABLE: ColumnElement[bool] = ~MESSAGE.c.marketing
+
+
 def _text_condition(conn: Connection, query: str) -> ColumnElement[bool] | None:
     if not query.strip():
         return None
     if conn.dialect.name == "postgresql":
         # Matches the expression of the GIN index ix_message_text_fts exactly.
         vector = func.to_tsvector(literal_column("'simple'"), MESSAGE.c.text)
-        return vector.op("@@")(func.plainto_tsquery(literal_column("'simple'"), query))
+        return and_(SEARCHABLE, vector.op("@@")(func.plainto_tsquery(literal_column("'simple'"), query)))
     if conn.dialect.name == "sqlite":
         match = fts5_query(query)
         if not match.replace('"', "").strip():
             return None
-        return MESSAGE.c.id.in_(select(_FTS.c.rowid).where(_FTS.c[FTS_TABLE].op("MATCH")(match)))
-    return MESSAGE.c.text.contains(query, autoescape=True)
+        fts = select(_FTS.c.rowid).where(_FTS.c[FTS_TABLE].op("MATCH")(match))
+        return and_(SEARCHABLE, MESSAGE.c.id.in_(fts))
+    return and_(SEARCHABLE, MESSAGE.c.text.contains(query, autoescape=True))
 
 
 _WHO_IDS_MAX = 1000

@@ -333,6 +333,27 @@ def test_search_by_text_customer_channel_date_and_review(console: Console) -> No
     assert combined == set()
 
 
+def test_text_search_leaves_out_broadcasts_which_the_other_filters_still_show(console: Console) -> None:
+    ids = seed_conversations(console.runtime, console.db)
+    with console.db.begin() as conn:
+        ana = conn.execute(select(MESSAGE.c.customer_id).where(MESSAGE.c.id == ids["ana"])).scalar_one()
+        offer = conn.execute(
+            insert(MESSAGE)
+            .values(
+                customer_id=ana, channel="sms", direction="out", address="+14155550111",
+                text="Ana, purple elephants ride free on Plus 10!", intent="broadcast", status="queued",
+                marketing=True, created_at=datetime(2026, 3, 5, 10, 0, tzinfo=UTC),
+            )
+            .returning(MESSAGE.c.id)
+        ).scalar_one()  # fmt: skip
+    login(console.client, "op@example.com")
+    get = console.client.get
+    assert listed_ids(get("/console/conversations", params={"q": "purple elephants"}).text) == {ids["ben"]}
+    assert listed_ids(get("/console/conversations", params={"q": "ride free"}).text) == set()
+    assert offer in listed_ids(get("/console/conversations", params={"who": "ana alv"}).text)
+    assert offer in listed_ids(get("/console/conversations", params={"since": "2026-03-05"}).text)
+
+
 @pytest.mark.parametrize(
     "query",
     ['"', "*", "NEAR", "NEAR(a b)", "AND", "-x", '"NEAR" *', "a:b", "^", "(", "' OR 1=1 --", "%", "_"],
