@@ -727,19 +727,20 @@ def _send_batch(
         queued_for.append((facts.customer_id, None if decision.allowed else decision.reason))
     recipients = excluded
     if messages:
-        ids = conn.execute(
-            insert(MESSAGE).returning(MESSAGE.c.id, sort_by_parameter_order=True), messages
-        ).scalars()
+        # One message per customer in a batch: match ids by customer, not by row order (asking
+        # for the order makes SQLAlchemy insert row by row on SQLite).
+        inserted = conn.execute(insert(MESSAGE).returning(MESSAGE.c.customer_id, MESSAGE.c.id), messages)
+        ids: dict[int, int] = dict(iter(inserted))
         recipients += [
             {
                 "broadcast_id": broadcast_id,
                 "customer_id": cid,
-                "message_id": mid,
+                "message_id": ids[cid],
                 "status": RecipientStatus.QUEUED,
                 "reason": reason,
                 "created_at": now,
             }
-            for (cid, reason), mid in zip(queued_for, ids, strict=True)
+            for cid, reason in queued_for
         ]
     if recipients:
         conn.execute(insert(BROADCAST_RECIPIENT), recipients)

@@ -192,6 +192,8 @@ def next_allowed(
 
 def base_window(contact: Contact, config: PolicyConfig) -> Window:
     """The contact window for the customer's country (from the phone), else the default."""
+    if not config.region_windows:  # no per-country windows: no phone to parse
+        return config.window
     region = _region(contact.phone, config.default_region)
     return config.region_windows.get(region, config.window) if region else config.window
 
@@ -215,11 +217,8 @@ def preferred_window(value: Any) -> Window | None:
 
 def local_zone(contact: Contact, config: PolicyConfig) -> ZoneInfo:
     """The customer's zone: the profile's, else the phone number's, else the default."""
-    for name in (contact.timezone, _phone_zone(contact.phone, config.default_region)):
-        zone = _zone(name)
-        if zone is not None:
-            return zone
-    return ZoneInfo(config.default_timezone)
+    zone = _zone(contact.timezone) or _zone(_phone_zone(contact.phone, config.default_region))
+    return zone or ZoneInfo(config.default_timezone)
 
 
 @lru_cache(maxsize=1024)
