@@ -248,13 +248,13 @@ def run_broadcast(url: str) -> dict[str, Any]:
     sent = bc.send(engine, advisor, config, bid, NOW)
     t4 = time.perf_counter()
     with engine.connect() as conn:
-        messages = conn.execute(
-            select(func.count()).select_from(MESSAGE).where(MESSAGE.c.intent == bc.BROADCAST_INTENT)
+        messages = conn.execute(  # offers are queued as suggestions: count by marketing flag
+            select(func.count()).select_from(MESSAGE).where(MESSAGE.c.marketing.is_(True))
         ).scalar_one()
         recipients = conn.execute(select(func.count()).select_from(BROADCAST_RECIPIENT)).scalar_one()
         sample = conn.execute(
             select(MESSAGE.c.text)
-            .where(MESSAGE.c.intent == bc.BROADCAST_INTENT)
+            .where(MESSAGE.c.marketing.is_(True))
             .order_by(MESSAGE.c.id)
             .limit(1)
         ).scalar_one_or_none()

@@ -727,10 +727,7 @@ def _send_batch(
         queued_for.append((facts.customer_id, None if decision.allowed else decision.reason))
     recipients = excluded
     if messages:
-        # One message per customer in a batch: match ids by customer, not by row order (asking
-        # for the order makes SQLAlchemy insert row by row on SQLite).
-        inserted = conn.execute(insert(MESSAGE).returning(MESSAGE.c.customer_id, MESSAGE.c.id), messages)
-        ids: dict[int, int] = dict(iter(inserted))
+        ids = _insert_messages(conn, messages)
         recipients += [
             {
                 "broadcast_id": broadcast_id,
@@ -746,6 +743,24 @@ def _send_batch(
         conn.execute(insert(BROADCAST_RECIPIENT), recipients)
     if offered:
         await_answers(conn, offered)
+
+
+def _insert_messages(conn: Connection, messages: list[dict[str, Any]]) -> dict[int, int]:
+    """Insert a batch of messages (one per customer); customer id -> message id."""
+    if conn.dialect.name == "postgresql":
+        # Ids drawn from the sequence first, then a plain executemany (pipelined by psycopg):
+        # half the time of a multi-row INSERT ... RETURNING.
+        sequence = func.pg_get_serial_sequence(MESSAGE.name, MESSAGE.c.id.name)
+        drawn = conn.execute(
+            select(func.nextval(sequence)).select_from(func.generate_series(1, len(messages)))
+        )
+        for message, message_id in zip(messages, drawn.scalars(), strict=True):
+            message["id"] = message_id
+        conn.execute(insert(MESSAGE), messages)
+        return {m["customer_id"]: m["id"] for m in messages}
+    # SQLite: one statement; ids matched by customer (asking SQLAlchemy for the rows' order
+    # would make it insert row by row).
+    return dict(iter(conn.execute(insert(MESSAGE).returning(MESSAGE.c.customer_id, MESSAGE.c.id), messages)))
 
 
 # -- status and cancel --------------------------------------------------------------------------
