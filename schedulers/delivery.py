@@ -20,14 +20,14 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Connection, Engine, exists, insert, or_, select, update
 
 from dialogs.engine import ReplyOption
 from schedulers.leader import AlwaysLeader, LeaderLock
 from storage.models import DeliveryStatus, Direction, utcnow
-from storage.outreach_models import OUTREACH_EVENT
+from storage.outreach_models import DELIVERY_ATTEMPT, OUTREACH_EVENT
 from storage.tables import CUSTOMER, MESSAGE
 
 log = logging.getLogger(__name__)
@@ -283,6 +283,7 @@ class Outbox:
 
     def _finish(self, outgoing: Outgoing, outcome: str | SendError | None) -> None:
         now = self.clock()
+        provider_id = None
         if isinstance(outcome, SendError):
             last = not outcome.retryable or outgoing.attempt >= self.policy.max_attempts
             values: dict[str, object] = {"error": outcome.reason[:500]}
@@ -291,16 +292,31 @@ class Outbox:
             else:
                 wait = self.policy.delay(outgoing.attempt, outcome.retry_after)
                 values.update(status=DeliveryStatus.QUEUED, next_attempt_at=now + timedelta(seconds=wait))
+            result, error = ("failed" if last else "retry"), outcome.reason[:500]
         else:
             values = {"status": DeliveryStatus.SENT, "sent_at": now, "error": None, "next_attempt_at": None}
             if outcome is not None:
-                values["provider_message_id"] = outcome
+                values["provider_message_id"] = provider_id = outcome
+            result, error = "sent", None
         with self.db.begin() as conn:
-            conn.execute(
+            claimed = conn.execute(
                 update(MESSAGE)
                 .where(MESSAGE.c.id == outgoing.message_id, MESSAGE.c.status == DeliveryStatus.SENDING)
                 .values(**values)
-            )
+                .returning(MESSAGE.c.claimed_at)
+            ).first()
+            if claimed is not None:  # else recovery settled it (and recorded the attempt) meanwhile
+                conn.execute(
+                    insert(DELIVERY_ATTEMPT).values(
+                        message_id=outgoing.message_id,
+                        attempt=outgoing.attempt,
+                        outcome=result,
+                        error=error,
+                        provider_message_id=provider_id,
+                        claimed_at=claimed.claimed_at,
+                        at=now,
+                    )
+                )
 
 
 def _refusals(conn: Connection, customer_ids: set[int | None]) -> dict[int | None, str]:
@@ -328,22 +344,46 @@ def _refusals(conn: Connection, customer_ids: set[int | None]) -> dict[int | Non
 
 
 def _mark_unknown(conn: Connection, message_ids: Sequence[int], reason: str, now: datetime) -> None:
-    conn.execute(
+    rows = conn.execute(
         update(MESSAGE)
         .where(MESSAGE.c.id.in_(list(message_ids)), MESSAGE.c.status == DeliveryStatus.SENDING)
         .values(status=DeliveryStatus.UNKNOWN, error=reason, next_attempt_at=None)
-    )
-    rows = conn.execute(
-        select(MESSAGE.c.id, MESSAGE.c.customer_id).where(
-            MESSAGE.c.id.in_(list(message_ids)), MESSAGE.c.customer_id.is_not(None)
-        )
+        .returning(MESSAGE.c.id, MESSAGE.c.customer_id, MESSAGE.c.attempts, MESSAGE.c.claimed_at)
     ).all()
-    if rows:
+    _record_attempts(conn, rows, "unknown", reason, now)
+    if any(r.customer_id is not None for r in rows):
         conn.execute(
             insert(OUTREACH_EVENT),
             [
-                {"customer_id": c, "kind": "unknown", "reason": reason[:64], "message_id": m, "at": now}
-                for m, c in rows
+                {
+                    "customer_id": r.customer_id,
+                    "kind": "unknown",
+                    "reason": reason[:64],
+                    "message_id": r.id,
+                    "at": now,
+                }
+                for r in rows
+                if r.customer_id is not None
+            ],
+        )
+
+
+def _record_attempts(conn: Connection, rows: Sequence[Any], outcome: str, error: str, now: datetime) -> None:
+    """Attempts that ended without an answer from the channel (rows: id, attempts, claimed_at)."""
+    if rows:
+        conn.execute(
+            insert(DELIVERY_ATTEMPT),
+            [
+                {
+                    "message_id": r.id,
+                    "attempt": r.attempts,
+                    "outcome": outcome,
+                    "error": error[:500],
+                    "provider_message_id": None,
+                    "claimed_at": r.claimed_at,
+                    "at": now,
+                }
+                for r in rows
             ],
         )
 
@@ -383,9 +423,11 @@ def recover_stuck(db: Engine, *, older_than: timedelta, now: datetime | None = N
             _mark_unknown(conn, unknown, STUCK_REASON, now)
             log.warning("%d marketing message(s) left in sending are now unknown: %s", len(unknown), unknown)
         if requeued:
-            conn.execute(
+            cut_off = conn.execute(
                 update(MESSAGE)
                 .where(MESSAGE.c.id.in_(requeued), MESSAGE.c.status == DeliveryStatus.SENDING)
                 .values(status=DeliveryStatus.QUEUED, next_attempt_at=None)
-            )
+                .returning(MESSAGE.c.id, MESSAGE.c.attempts, MESSAGE.c.claimed_at)
+            ).all()
+            _record_attempts(conn, cut_off, "retry", "stuck in sending: the process died mid-send", now)
     return Recovery(tuple(unknown), tuple(requeued))

@@ -45,6 +45,26 @@ class BillingDelivery(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
+class DeliveryAttempt(SQLModel, table=True):
+    """One try at handing an outbound message to its channel, and how it ended: ``sent``,
+    ``retry`` (a retryable error; tried again later), ``failed``, or ``unknown`` (cut off; at most
+    once means it is not tried again)."""
+
+    __tablename__ = "delivery_attempt"
+    __table_args__ = (Index("ix_delivery_attempt_message_id", "message_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("message.id", ondelete="CASCADE"), nullable=False)
+    )
+    attempt: int
+    outcome: str = Field(max_length=16)
+    error: str | None = Field(default=None, max_length=500)
+    provider_message_id: str | None = Field(default=None, max_length=128)
+    claimed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
 class RateBucket(SQLModel, table=True):
     """One shared send-rate bucket (a channel, a sending number, a chat): the theoretical
     arrival time of the next send, in epoch seconds, shared by every delivery worker."""
@@ -58,3 +78,4 @@ class RateBucket(SQLModel, table=True):
 OUTREACH_EVENT: Table = SQLModel.metadata.tables["outreach_event"]
 BILLING_DELIVERY: Table = SQLModel.metadata.tables["billing_delivery"]
 RATE_BUCKET: Table = SQLModel.metadata.tables["rate_bucket"]
+DELIVERY_ATTEMPT: Table = SQLModel.metadata.tables["delivery_attempt"]

@@ -10,7 +10,9 @@ from sqlalchemy import Engine, select, update
 
 from dialogs.engine import DialogEngine, Inbound
 from schedulers.delivery import Outbox, Outgoing, RetryPolicy, SendError
+from schedulers.leader import delivery_lock
 from storage.db import make_engine
+from storage.outreach_models import DELIVERY_ATTEMPT
 from storage.tables import CUSTOMER, MESSAGE
 from tests.utils import START
 
@@ -48,6 +50,18 @@ def _replies(
     return [r.message_id for r in result.replies]
 
 
+def attempts(db: Engine, message_id: int) -> list[tuple[object, ...]]:
+    """The recorded attempts of a message: (attempt, outcome, error, provider id, at)."""
+    a = DELIVERY_ATTEMPT
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(a.c.attempt, a.c.outcome, a.c.error, a.c.provider_message_id, a.c.at)
+            .where(a.c.message_id == message_id)
+            .order_by(a.c.id)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
 def _row(db: Engine, message_id: int) -> dict[str, object]:
     with db.connect() as conn:
         return dict(conn.execute(select(MESSAGE).where(MESSAGE.c.id == message_id)).one()._mapping)
@@ -82,6 +96,10 @@ def test_a_retryable_failure_waits_for_its_backoff_then_goes(db: Engine, dialog:
     assert asyncio.run(outbox.deliver_due()) == 0
     clock.now = START + timedelta(seconds=30)
     assert asyncio.run(outbox.deliver_due()) == 1
+    assert attempts(db, first) == [
+        (1, "retry", "429 too many requests", None, START),
+        (2, "sent", None, f"SM{first:06d}", START + timedelta(seconds=30)),
+    ]
     row = _row(db, first)
     assert (row["status"], row["attempts"], row["error"]) == ("sent", 2, None)
 
@@ -230,6 +248,8 @@ def test_recover_stuck_marks_marketing_unknown_and_requeues_replies(db: Engine) 
     outbox = Outbox(db, {"sms": sender}, lambda *_: (), clock=Clock())
     assert asyncio.run(outbox.deliver_due()) == 1  # the reply goes again; the unknown offer never does
     assert [m.message_id for m in sender.sent] == [reply]
+    assert [a[:2] for a in attempts(db, marketing)] == [(1, "unknown")]
+    assert [a[:2] for a in attempts(db, reply)] == [(1, "retry"), (2, "sent")]  # cut off, then sent
     assert recover_stuck(db, older_than=timedelta(minutes=1), now=START) == type(recovery)((), ())
 
 
@@ -250,6 +270,9 @@ def test_an_ambiguous_failure_makes_marketing_unknown_but_retries_a_reply(db: En
     assert "ConnectionResetError" in str(_row(db, offer)["error"])
     assert (_row(db, reply)["status"], _row(db, reply)["attempts"]) == ("queued", 1)
     assert _row(db, offer)["claimed_at"] == START
+    [(n, outcome, error, provider, at)] = attempts(db, offer)
+    assert (n, outcome, provider, at) == (1, "unknown", None, START) and "ConnectionResetError" in str(error)
+    assert [a[1] for a in attempts(db, reply)] == ["retry"]
 
 
 def test_a_queued_offer_is_not_sent_after_the_customer_opted_out(db: Engine) -> None:
@@ -262,3 +285,30 @@ def test_a_queued_offer_is_not_sent_after_the_customer_opted_out(db: Engine) -> 
     asyncio.run(Outbox(db, {"sms": sender}, lambda *_: (), clock=Clock()).deliver([offer]))
     assert sender.sent == []
     assert (_row(db, offer)["status"], _row(db, offer)["error"]) == ("failed", "contact policy: opted out")
+
+
+def test_on_sqlite_one_delivery_loop_runs_at_a_time_and_another_takes_over(
+    db: Engine, dialog: DialogEngine
+) -> None:
+    ids = _replies(dialog)
+    holder, standby = delivery_lock(db), delivery_lock(db)
+    assert holder.try_acquire()
+    sender = RecordingSender()
+    outbox = Outbox(db, {"sms": sender}, dialog.reply_options, clock=Clock(), lock=standby)
+
+    async def run_a_while() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.create_task(outbox.run(interval=0.05, stop=stop))
+        await asyncio.sleep(0.3)
+        sent_while_held = len(sender.sent)
+        holder.release()  # the delivering process goes away
+        await asyncio.sleep(0.5)
+        stop.set()
+        await loop
+        if db.dialect.name == "sqlite":
+            assert sent_while_held == 0  # it waited: the lock file was held
+        else:
+            assert sent_while_held >= 1  # PostgreSQL: every worker delivers (SKIP LOCKED)
+
+    asyncio.run(run_a_while())
+    assert sorted(m.message_id for m in sender.sent) == ids
