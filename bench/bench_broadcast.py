@@ -253,10 +253,7 @@ def run_broadcast(url: str) -> dict[str, Any]:
         ).scalar_one()
         recipients = conn.execute(select(func.count()).select_from(BROADCAST_RECIPIENT)).scalar_one()
         sample = conn.execute(
-            select(MESSAGE.c.text)
-            .where(MESSAGE.c.marketing.is_(True))
-            .order_by(MESSAGE.c.id)
-            .limit(1)
+            select(MESSAGE.c.text).where(MESSAGE.c.marketing.is_(True)).order_by(MESSAGE.c.id).limit(1)
         ).scalar_one_or_none()
     engine.dispose()
     return {
