@@ -29,6 +29,7 @@ from sqlalchemy import (
 
 from storage.console_models import FTS_TABLE, AuditEvent, MessageReview, TaughtSynonym, User
 from storage.models import Direction, utcnow
+from storage.outreach_models import DELIVERY_ATTEMPT
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE
 
 USER = User.__table__  # type: ignore[attr-defined]
@@ -54,6 +55,7 @@ class SearchFilter:
     until: date | None = None  # inclusive
     needs_review: bool = False
     customer_id: int | None = None
+    delivery: str = ""  # an outbound message's status, e.g. "unknown" (cut off mid-send: review)
 
     def as_params(self) -> dict[str, str]:
         """The filter as query-string parameters (for links to the next page and exports)."""
@@ -64,6 +66,7 @@ class SearchFilter:
             "since": self.since.isoformat() if self.since else "",
             "until": self.until.isoformat() if self.until else "",
             "review": "1" if self.needs_review else "",
+            "delivery": self.delivery,
         }
         return {k: v for k, v in params.items() if v}
 
@@ -175,6 +178,8 @@ def _search_select(conn: Connection, f: SearchFilter) -> Select[Any]:
         conditions.append(MESSAGE.c.created_at < _day_start(f.until + timedelta(days=1)))
     if f.needs_review:
         conditions.append(MESSAGE.c.needs_review.is_(True))
+    if f.delivery:
+        conditions += [MESSAGE.c.direction == Direction.OUT, MESSAGE.c.status == f.delivery]
     if f.customer_id is not None:
         conditions.append(MESSAGE.c.customer_id == f.customer_id)
     return (
@@ -259,6 +264,20 @@ def mark_reviewed(conn: Connection, *, message_id: int, by: str, action: str, no
         return False
     conn.execute(insert(REVIEW).values(message_id=message_id, reviewed_by=by, reviewed_at=now, action=action))
     return True
+
+
+def attempts_for(conn: Connection, message_ids: Sequence[int]) -> dict[int, list[RowMapping]]:
+    """The recorded delivery attempts of the given messages, oldest first, by message id."""
+    found: dict[int, list[RowMapping]] = {}
+    if message_ids:
+        rows = conn.execute(
+            select(DELIVERY_ATTEMPT)
+            .where(DELIVERY_ATTEMPT.c.message_id.in_(message_ids))
+            .order_by(DELIVERY_ATTEMPT.c.id)
+        ).mappings()
+        for row in rows:
+            found.setdefault(row["message_id"], []).append(row)
+    return found
 
 
 def reviews_for(conn: Connection, message_ids: Sequence[int]) -> dict[int, RowMapping]:

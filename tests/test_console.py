@@ -3,6 +3,7 @@ lockout, audit, search, transcripts, customers, review and teaching, exports, es
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -24,9 +25,12 @@ from bot.settings import Settings
 from bot.web import create_app
 from dialogs.bank import QuestionBank
 from dialogs.engine import DialogEngine, EngineConfig, Inbound
+from schedulers.delivery import Outbox, RetryPolicy, SendError
 from storage import console_models
 from storage.console_queries import AUDIT, REVIEW, TAUGHT, USER, SearchFilter, fts5_query, search_messages
+from storage.models import utcnow
 from storage.tables import CUSTOMER, MESSAGE, PLAN, USAGE
+from tests.test_delivery import Exploding, RecordingSender
 
 PASSWORD = "correct horse battery"
 XSS = ["<script>window.__xss=1</script>", '<img src=x onerror="window.__xss=1">']
@@ -417,6 +421,38 @@ def test_transcript_shows_what_the_bot_understood_and_delivery_state(console: Co
     assert "Got it: text message." in html
     assert "failed" in html and "3 attempts" in html and "boom 30007" in html
     assert html.index("txt me") < html.index("evnings")  # in order
+
+
+def test_transcript_lists_delivery_attempts_and_search_finds_unknown_sends(console: Console) -> None:
+    ids = say(console.runtime, "+14155550146", "hi")
+    with console.db.begin() as conn:
+        reply = conn.execute(select(MESSAGE.c.id).where(MESSAGE.c.reply_to_id == ids[0])).scalars().first()
+        customer_id = conn.execute(select(MESSAGE.c.customer_id).where(MESSAGE.c.id == ids[0])).scalar_one()
+        offer = conn.execute(
+            insert(MESSAGE).values(
+                customer_id=customer_id, channel="sms", direction="out", address="+14155550146",
+                text="Basic 5 GB saves you $20 a month", intent="suggestion", status="queued",
+                marketing=True, needs_review=False, created_at=utcnow(),
+            ).returning(MESSAGE.c.id)
+        ).scalar_one()  # fmt: skip
+        conn.execute(update(CUSTOMER).where(CUSTOMER.c.id == customer_id).values(marketing_consent=True))
+    assert reply is not None
+    flaky = RecordingSender(failures=[SendError("<b>503</b> from Twilio", retryable=True)])
+    asyncio.run(
+        Outbox(console.db, {"sms": flaky}, lambda *_: (), policy=RetryPolicy(base=0)).deliver([reply])
+    )
+    asyncio.run(
+        Outbox(console.db, {"sms": flaky}, lambda *_: (), policy=RetryPolicy(base=0)).deliver([reply])
+    )
+    asyncio.run(Outbox(console.db, {"sms": Exploding()}, lambda *_: ()).deliver([offer]))
+    login(console.client, "op@example.com")
+    html = console.client.get(f"/console/customers/{customer_id}/transcript").text
+    assert "delivery attempts" in html
+    assert "retry (&lt;b&gt;503&lt;/b&gt; from Twilio)" in html and "<b>503" not in html
+    assert f"sent · SM{reply:06d}" in html and "unknown (ConnectionResetError" in html
+    found = console.client.get("/console/conversations", params={"delivery": "unknown"}).text
+    assert f'id="m{offer}"' in found and f'id="m{reply}"' not in found
+    assert '<option value="unknown" selected>' in found
 
 
 def test_customer_text_is_escaped_everywhere(console: Console) -> None:

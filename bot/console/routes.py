@@ -31,6 +31,7 @@ from dialogs.bank import Question, QuestionBank
 from dialogs.parsing import format_value
 from storage import console_queries as q
 from storage.console_models import Role
+from storage.models import DeliveryStatus
 from storage.tables import CUSTOMER, PLAN, PLAN_DECLINE, PREFERENCE, SWITCH_REQUEST, USAGE
 
 COOKIE = "rapport_console"
@@ -39,6 +40,7 @@ PREFIX = "/console"
 TEMPLATES = Path(__file__).parent / "templates"
 
 _CHANNELS = ("terminal", "telegram", "sms")
+_DELIVERY = tuple(DeliveryStatus)
 _EXPORT_FIELDS = (
     "id",
     "customer_id",
@@ -97,6 +99,7 @@ def _search_filter(
     since: Annotated[str, Query(max_length=10)] = "",
     until: Annotated[str, Query(max_length=10)] = "",
     review: Annotated[str, Query(max_length=1)] = "",
+    delivery: Annotated[str, Query(max_length=16)] = "",
 ) -> q.SearchFilter:
     return q.SearchFilter(
         text=q_.strip(),
@@ -105,6 +108,7 @@ def _search_filter(
         since=_date(since),
         until=_date(until),
         needs_review=review == "1",
+        delivery=delivery if delivery in _DELIVERY else "",
     )
 
 
@@ -297,6 +301,7 @@ def console_router(runtime: Runtime, config: ConsoleConfig | None = None) -> API
             rows=rows,
             f=f,
             channels=_CHANNELS,
+            deliveries=_DELIVERY,
             next_page=next_page,
             export_query=urlencode(params),
             paged=before is not None,
@@ -369,6 +374,7 @@ def console_router(runtime: Runtime, config: ConsoleConfig | None = None) -> API
                 if d["message_id"] is not None:
                     answers.setdefault(d["message_id"], []).append(f"declined {d['plan_id']}")
             reviews = q.reviews_for(conn, [m["id"] for m in messages if m["needs_review"]])
+            attempts = q.attempts_for(conn, [m["id"] for m in messages if m["direction"] == "out"])
         the_bank = bank()
         replies: dict[int, list[Mapping[Any, Any]]] = {}
         for m in messages:
@@ -382,6 +388,7 @@ def console_router(runtime: Runtime, config: ConsoleConfig | None = None) -> API
             replies=replies,
             answers=answers,
             reviews=reviews,
+            attempts=attempts,
             describe=lambda key, value: _describe(the_bank, key, value),
         )
 
