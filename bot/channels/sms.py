@@ -16,6 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -189,6 +190,8 @@ class TwilioSender:
         self.limiter = limiter
         self.rate = Limit(f"sms:{self.sending_as}", rate_per_second)
         self.max_in_flight = min(32, max(1, math.ceil(rate_per_second)))
+        self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sms-send")
+        _ = client.messages  # Twilio loads its API modules on first use: not in the first paced send
         self.max_segments = max_segments
         self.clock = clock
 
@@ -212,8 +215,17 @@ class TwilioSender:
                 segments.encoding,
                 self.max_segments,
             )
-        await self.limiter.acquire(self.rate)
-        return await asyncio.to_thread(self._create, message, body, customer_id)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._paced_create, message, body, customer_id)
+
+    def _paced_create(self, message: Outgoing, body: str, customer_id: int | None) -> str:
+        # Wait for the slot in the thread that then sends: nothing queues between the two.
+        self.limiter.wait(self.rate)
+        return self._create(message, body, customer_id)
+
+    def close(self) -> None:
+        """Let sends in progress finish; free the sending threads."""
+        self._pool.shutdown(wait=True)
 
     def _may_send(self, message: Outgoing) -> tuple[int | None, bool]:
         """(customer id, False if the number opted out and this is not a message allowed then)."""
@@ -343,6 +355,7 @@ class SmsService:
             log.info("SMS: Twilio webhooks expected at %s/sms/inbound and /sms/status", self.public_base_url)
 
     async def stop(self) -> None:
+        await asyncio.to_thread(self._sender.close)
         session = getattr(self.client.http_client, "session", None)
         if session is not None:
             session.close()
