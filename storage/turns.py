@@ -1,22 +1,257 @@
 """The dialog engine's hot path: load a customer's turn state under a lock, write the turn's rows.
 
-SQLAlchemy Core on a connection already in a transaction: a turn reads three times and writes a
-handful of rows, without building ORM objects (a benchmark showed the ORM cost more than the SQL).
+A turn reads once and writes a handful of small rows on a connection already in a transaction.
+The statements are SQLAlchemy Core, without ORM objects (a benchmark showed the ORM cost more than
+the SQL), and they skip Core's execution machinery as well: for rows this small SQLite spends less
+on a statement than SQLAlchemy spends around it (execution context, parameters, result object,
+events). So :class:`_Prepared` compiles each statement once per engine and runs it on the
+driver's cursor of the connection whose transaction the turn holds: the same SQL, the values
+through the columns' own type processing, the same transaction, and driver errors raised as
+SQLAlchemy's (``IntegrityError`` and the rest, which :meth:`dialogs.engine.DialogEngine.handle`
+retries on). What that leaves out: engine events and ``echo`` do not see these statements.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, exists, insert, select, update
+from sqlalchemy.engine.interfaces import DBAPICursor
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import ColumnDefault
+from sqlalchemy.sql import Insert, Select, Update
+from sqlalchemy.types import TypeEngine
 from sqlmodel import Session
 
 from storage import queries
-from storage.models import Customer, DeliveryStatus, Direction
+from storage.models import Customer, DeliveryStatus, Direction, UTCDateTime
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, STATE, USAGE
+
+_Processor = Callable[[Any], Any]
+_Keys = tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A statement compiled for one engine's dialect: its SQL, and how values become parameters."""
+
+    sql: str
+    names: tuple[str, ...]  # of the binds, in the SQL's order
+    processors: tuple[tuple[int, _Processor], ...]  # (position, bind processor) where there is one
+    positional: bool
+    constants: dict[str, Any]  # values bound in the statement itself
+    dbapi_error: type[Exception]  # the driver's base error
+    result_types: tuple[Any, ...]
+    results: tuple[_Processor | None, ...] | None = None  # from the first result's description
+
+    def run(self, conn: Connection, values: Mapping[str, Any]) -> DBAPICursor:
+        if self.constants:
+            values = {**self.constants, **values}
+        args = [values[name] for name in self.names]
+        for i, proc in self.processors:
+            args[i] = proc(args[i])
+        params = args if self.positional else dict(zip(self.names, args, strict=True))
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(self.sql, params)
+        except self.dbapi_error as exc:
+            raise DBAPIError.instance(
+                self.sql,
+                params,
+                exc,
+                self.dbapi_error,
+                hide_parameters=conn.engine.hide_parameters,
+                dialect=conn.dialect,
+            ) from exc
+        return cursor
+
+    def rows(self, conn: Connection, cursor: DBAPICursor) -> _Rows:
+        fetched = cursor.fetchall()
+        if self.results is None:
+            self.results = tuple(
+                _processor(t, conn.engine, ("result", d[1]))
+                for t, d in zip(self.result_types, cursor.description or (), strict=True)
+            )
+        return _Rows(fetched, self.results)
+
+
+@dataclass(slots=True)
+class _Rows:
+    """Fetched rows; a row's values go through their columns' result processing when asked for."""
+
+    raw: Sequence[Sequence[Any]]
+    processors: tuple[_Processor | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def row(self, i: int, start: int = 0, stop: int | None = None) -> tuple[Any, ...]:
+        """Row ``i``, or the columns ``start:stop`` of it."""
+        values = self.raw[i][start:stop]
+        procs = self.processors[start:stop]
+        return tuple([v if p is None else p(v) for v, p in zip(values, procs, strict=True)])
+
+
+# One processor per engine (and direction) for every UTCDateTime column, as the type has no
+# settings; it remembers the last value it turned, since a turn writes one time into several
+# columns and reads back preferences mostly confirmed when they were stated.
+_TIME_PROCESSORS: weakref.WeakKeyDictionary[Engine, dict[tuple[Any, ...], _Processor | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _processor(type_: TypeEngine[Any], engine: Engine, use: tuple[Any, ...]) -> _Processor | None:
+    """The column type's bind processor (``use`` ``("bind",)``) or result processor (``("result",
+    type code)``) on ``engine``'s dialect, as SQLAlchemy would use it."""
+    dialect = engine.dialect
+
+    def make() -> _Processor | None:
+        impl = type_.dialect_impl(dialect)
+        return impl.bind_processor(dialect) if use[0] == "bind" else impl.result_processor(dialect, use[1])
+
+    if type(type_) is not UTCDateTime:
+        return make()
+    shared = _TIME_PROCESSORS.setdefault(engine, {})
+    if use not in shared:
+        made = make()
+        shared[use] = None if made is None else _remembering(made)
+    return shared[use]
+
+
+def _remembering(process: _Processor) -> _Processor:
+    """``process`` for immutable values, turning a value equal to the last one only once."""
+    last: tuple[Any, Any] = (object(), None)  # one tuple, so threads never see half of it
+
+    def remembering(value: Any) -> Any:
+        nonlocal last
+        seen, out = last
+        if value == seen:
+            return out
+        out = process(value)
+        last = (value, out)
+        return out
+
+    return remembering
+
+
+class _Prepared:
+    """A Core statement compiled once per engine (and per set of value keys), run on the driver.
+
+    ``build(keys, rows)`` makes the statement for values with those keys (``rows`` of them for a
+    multi-row insert).
+    """
+
+    def __init__(self, build: Callable[[_Keys, int], Select[Any] | Insert | Update]) -> None:
+        self._build = build
+        # Per engine (weakly: tests make many), per keys and rows.
+        self._plans: weakref.WeakKeyDictionary[Engine, dict[tuple[_Keys, int], _Plan]]
+        self._plans = weakref.WeakKeyDictionary()
+
+    def plan(self, conn: Connection, keys: _Keys, rows: int = 1) -> _Plan:
+        plans = self._plans.get(conn.engine)
+        if plans is None:
+            plans = self._plans[conn.engine] = {}
+        plan = plans.get((keys, rows))
+        if plan is None:
+            plan = plans[(keys, rows)] = self._compile(conn.engine, keys, rows)
+        return plan
+
+    def _compile(self, engine: Engine, keys: _Keys, rows: int) -> _Plan:
+        dialect = engine.dialect
+        statement = self._build(keys, rows)
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        if compiled.insert_prefetch or compiled.update_prefetch or compiled.post_compile_params:
+            # Core would work these out per execution: give such columns a value instead.
+            raise ValueError(f"{statement} needs values computed per execution; given {keys}")
+        unused = [k for k in keys if (k if rows == 1 else f"{k}_0") not in compiled.binds]
+        if unused:  # as Core refuses them: a misspelt column must not be dropped quietly
+            raise ValueError(f"unconsumed column names {unused} for {statement}")
+        names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
+        binds = [compiled.binds[name] for name in names]
+        processors = [(i, _processor(b.type, engine, ("bind",))) for i, b in enumerate(binds)]
+        constants = {
+            name: b.effective_value for name, b in zip(names, binds, strict=True) if name not in keys
+        }
+        types = tuple(c.type for c in statement.selected_columns) if isinstance(statement, Select) else ()
+        return _Plan(
+            compiled.string,
+            names,
+            tuple((i, proc) for i, proc in processors if proc is not None),
+            compiled.positional,
+            constants,
+            dialect.loaded_dbapi.Error,
+            types,
+        )
+
+    def rows(self, conn: Connection, values: Mapping[str, Any]) -> _Rows:
+        plan = self.plan(conn, tuple(values))
+        return plan.rows(conn, plan.run(conn, values))
+
+    def all(self, conn: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        rows = self.rows(conn, values)
+        return [rows.row(i) for i in range(len(rows))]
+
+    def first(self, conn: Connection, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        rows = self.rows(conn, values)
+        return rows.row(0) if rows else None
+
+    def rowcount(self, conn: Connection, values: Mapping[str, Any]) -> int:
+        return int(self.plan(conn, tuple(values)).run(conn, values).rowcount)
+
+
+def _fixed(statement: Select[Any] | Update) -> _Prepared:
+    """A statement whose shape does not depend on the values (binds named in it)."""
+    return _Prepared(lambda _keys, _rows: statement)
+
+
+class _Inserts:
+    """Inserts into ``table`` of the columns given: a row, a row and its id, rows and their ids.
+
+    Columns left out get their scalar Python default, as Core gives them.
+    """
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.defaults = {
+            c.key: c.default.arg
+            for c in table.columns
+            if isinstance(c.default, ColumnDefault) and c.default.is_scalar and not c.primary_key
+        }
+        self._plain = _Prepared(lambda keys, rows: self._statement(keys, rows))
+        self._returning = _Prepared(lambda keys, rows: self._statement(keys, rows).returning(table.c.id))
+
+    def _statement(self, keys: _Keys, rows: int) -> Insert:
+        if rows == 1:
+            return insert(self.table)
+        types = {k: self.table.c[k].type for k in keys}
+        return insert(self.table).values(
+            [{k: bindparam(f"{k}_{i}", type_=types[k]) for k in keys} for i in range(rows)]
+        )
+
+    def row(self, conn: Connection, values: Mapping[str, Any]) -> DBAPICursor:
+        full = {**self.defaults, **values}
+        return self._plain.plan(conn, tuple(full)).run(conn, full)
+
+    def id(self, conn: Connection, values: Mapping[str, Any]) -> int:
+        """Insert a row; its id (the driver's ``lastrowid`` where it has one, else ``RETURNING``)."""
+        if getattr(conn.dialect, "postfetch_lastrowid", False):  # SQLite
+            return int(self.row(conn, values).lastrowid)
+        return self.ids(conn, [values])[0]
+
+    def ids(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Insert rows in one statement; their ids in the order of ``rows`` (both databases insert
+        a VALUES list in its order and count ids up, in whatever order RETURNING lists them)."""
+        if not rows:
+            return []
+        full = [{**self.defaults, **r} for r in rows]
+        keys = tuple(full[0])
+        values = full[0] if len(full) == 1 else {f"{k}_{i}": r[k] for i, r in enumerate(full) for k in keys}
+        cursor = self._returning.plan(conn, keys, len(full)).run(conn, values)
+        return sorted(int(row[0]) for row in cursor.fetchall())
 
 
 class StaleStateError(RuntimeError):
@@ -72,7 +307,7 @@ _STATE_COLUMNS = (
 )
 
 
-# Statements are built once: building them costs more than running them on SQLite.
+# Statements are built (and compiled) once: building them costs more than running them on SQLite.
 _FACT_COLUMNS = (
     PREFERENCE.c.key,
     PREFERENCE.c.value,
@@ -83,7 +318,7 @@ _FACT_COLUMNS = (
     PREFERENCE.c.channel,
 )
 # One round trip: the state row (locked) with the customer's preferences, one row per preference.
-_LOCK_TURN = (
+_LOCK_TURN = _fixed(
     select(*_STATE_COLUMNS, *_FACT_COLUMNS)
     .select_from(
         IDENTITY.join(CUSTOMER, CUSTOMER.c.id == IDENTITY.c.customer_id)
@@ -93,32 +328,39 @@ _LOCK_TURN = (
     .where(IDENTITY.c.channel == bindparam("b_channel"), IDENTITY.c.address == bindparam("b_address"))
     .with_for_update(of=STATE)
 )
-_FIND_INBOUND = select(MESSAGE.c.id, MESSAGE.c.customer_id).where(
-    MESSAGE.c.channel == bindparam("b_channel"),
-    MESSAGE.c.direction == Direction.IN.value,
-    MESSAGE.c.provider_message_id == bindparam("b_provider_id"),
+_FIND_INBOUND = _fixed(
+    select(MESSAGE.c.id, MESSAGE.c.customer_id).where(
+        MESSAGE.c.channel == bindparam("b_channel"),
+        MESSAGE.c.direction == Direction.IN.value,
+        MESSAGE.c.provider_message_id == bindparam("b_provider_id"),
+    )
 )
-_REPLIES_TO = (
+_REPLIES_TO = _fixed(
     select(MESSAGE.c.id, MESSAGE.c.text, MESSAGE.c.intent, MESSAGE.c.question_key)
     .where(MESSAGE.c.reply_to_id == bindparam("b_message_id"))
     .order_by(MESSAGE.c.id)
 )
-_FIND_IDENTITY = select(IDENTITY.c.customer_id).where(
-    IDENTITY.c.channel == bindparam("b_channel"), IDENTITY.c.address == bindparam("b_address")
+_FIND_IDENTITY = _fixed(
+    select(IDENTITY.c.customer_id).where(
+        IDENTITY.c.channel == bindparam("b_channel"), IDENTITY.c.address == bindparam("b_address")
+    )
 )
-_FIND_BY_PHONE = select(CUSTOMER.c.id).where(CUSTOMER.c.phone == bindparam("b_phone"))
-_HAS_STATE = select(STATE.c.customer_id).where(STATE.c.customer_id == bindparam("b_customer_id"))
-_INSERT_CUSTOMER = insert(CUSTOMER).returning(CUSTOMER.c.id)
-_INSERT_IDENTITY = insert(IDENTITY)
-_INSERT_STATE = insert(STATE)
-_INSERT_MESSAGE = insert(MESSAGE)
-_INSERT_MESSAGES = insert(MESSAGE).returning(MESSAGE.c.id, sort_by_parameter_order=True)
-_INSERT_FACT = insert(PREFERENCE)
-_UPDATE_FACT = update(PREFERENCE).where(
-    PREFERENCE.c.customer_id == bindparam("b_customer_id"), PREFERENCE.c.key == bindparam("b_key")
+_FIND_BY_PHONE = _fixed(select(CUSTOMER.c.id).where(CUSTOMER.c.phone == bindparam("b_phone")))
+_HAS_STATE = _fixed(select(STATE.c.customer_id).where(STATE.c.customer_id == bindparam("b_customer_id")))
+_CUSTOMERS = _Inserts(CUSTOMER)
+_IDENTITIES = _Inserts(IDENTITY)
+_STATES = _Inserts(STATE)
+_MESSAGES = _Inserts(MESSAGE)
+_FACTS = _Inserts(PREFERENCE)
+_UPDATE_FACT = _fixed(
+    update(PREFERENCE).where(
+        PREFERENCE.c.customer_id == bindparam("b_customer_id"), PREFERENCE.c.key == bindparam("b_key")
+    )
 )
-_UPDATE_STATE = update(STATE).where(
-    STATE.c.customer_id == bindparam("b_customer_id"), STATE.c.version == bindparam("b_version")
+_UPDATE_STATE = _fixed(
+    update(STATE).where(
+        STATE.c.customer_id == bindparam("b_customer_id"), STATE.c.version == bindparam("b_version")
+    )
 )
 
 
@@ -128,12 +370,13 @@ def lock_turn(conn: Connection, *, channel: str, address: str) -> TurnState | No
     On PostgreSQL the dialog state row is locked (``FOR UPDATE OF dialog_state``); on SQLite every
     transaction already holds the database's write lock (``BEGIN IMMEDIATE``).
     """
-    rows = conn.execute(_LOCK_TURN, {"b_channel": channel, "b_address": address}).all()
+    rows = _LOCK_TURN.rows(conn, {"b_channel": channel, "b_address": address})
     if not rows:
         return None
-    n = len(_STATE_COLUMNS)
-    state = TurnState(*rows[0][:n])
-    state.facts = {row[n]: Fact(*row[n:]) for row in rows if row[n] is not None}
+    n = len(_STATE_COLUMNS)  # the state's columns repeat in each preference's row
+    state = TurnState(*rows.row(0, 0, n))
+    facts = (Fact(*rows.row(i, n)) for i in range(len(rows)) if rows.raw[i][n] is not None)
+    state.facts = {fact.key: fact for fact in facts}
     return state
 
 
@@ -155,20 +398,20 @@ def lock_or_create_turn(
     state = lock_turn(conn, channel=channel, address=address)
     if state is not None:
         return state
-    known = conn.execute(_FIND_IDENTITY, {"b_channel": channel, "b_address": address}).scalar()
+    found = _FIND_IDENTITY.first(conn, {"b_channel": channel, "b_address": address})
+    known = found[0] if found else None
     if known is None and phone:
-        known = conn.execute(_FIND_BY_PHONE, {"b_phone": phone}).scalar()
+        found = _FIND_BY_PHONE.first(conn, {"b_phone": phone})
+        known = found[0] if found else None
         if known is not None:
-            conn.execute(_INSERT_IDENTITY, _identity(channel, address, known, verified=True, now=now))
+            _IDENTITIES.row(conn, _identity(channel, address, known, verified=True, now=now))
     created = known is None
     if known is None:
         row = {"name": name, "phone": phone, "marketing_consent": False, "created_at": now}
-        known = int(conn.execute(_INSERT_CUSTOMER, row).scalar_one())
-        conn.execute(
-            _INSERT_IDENTITY, _identity(channel, address, known, verified=phone is not None, now=now)
-        )
-    if created or conn.execute(_HAS_STATE, {"b_customer_id": known}).first() is None:
-        conn.execute(_INSERT_STATE, {"customer_id": known, "reask_count": 0, "deferred": {}, "version": 0})
+        known = _CUSTOMERS.id(conn, row)
+        _IDENTITIES.row(conn, _identity(channel, address, known, verified=phone is not None, now=now))
+    if created or _HAS_STATE.first(conn, {"b_customer_id": known}) is None:
+        _STATES.row(conn, {"customer_id": known, "reask_count": 0, "deferred": {}, "version": 0})
     state = lock_turn(conn, channel=channel, address=address)
     assert state is not None
     state.created = created
@@ -189,13 +432,13 @@ def _identity(
 
 def find_inbound(conn: Connection, *, channel: str, provider_id: str) -> tuple[int, int] | None:
     """(message id, customer id) of the inbound message with this provider id, if recorded."""
-    row = conn.execute(_FIND_INBOUND, {"b_channel": channel, "b_provider_id": provider_id}).first()
+    row = _FIND_INBOUND.first(conn, {"b_channel": channel, "b_provider_id": provider_id})
     return (row[0], row[1]) if row is not None else None
 
 
 def replies_to(conn: Connection, *, message_id: int) -> Sequence[Any]:
     """(id, text, intent, question_key) of the replies to an inbound message, in order."""
-    return conn.execute(_REPLIES_TO, {"b_message_id": message_id}).all()
+    return _REPLIES_TO.all(conn, {"b_message_id": message_id})
 
 
 def load_facts(conn: Connection, *, customer_id: int) -> dict[str, Fact]:
@@ -206,16 +449,14 @@ def load_facts(conn: Connection, *, customer_id: int) -> dict[str, Fact]:
 
 def insert_message(conn: Connection, values: Mapping[str, Any]) -> int:
     """Insert one message row; its id."""
-    key = conn.execute(_INSERT_MESSAGE, dict(values)).inserted_primary_key
-    assert key is not None
-    return int(key[0])
+    return _MESSAGES.id(conn, values)
 
 
 def insert_messages(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert message rows in one statement; their ids in the same order."""
-    if not rows:
-        return []
-    return [int(i) for i in conn.execute(_INSERT_MESSAGES, [dict(r) for r in rows]).scalars()]
+    """Insert message rows (with the same keys) in one statement; their ids in the same order."""
+    if len(rows) == 1:
+        return [_MESSAGES.id(conn, rows[0])]
+    return _MESSAGES.ids(conn, rows)
 
 
 def save_facts(conn: Connection, *, customer_id: int, facts: Iterable[Fact], existing: set[str]) -> None:
@@ -230,15 +471,15 @@ def save_facts(conn: Connection, *, customer_id: int, facts: Iterable[Fact], exi
             "channel": fact.channel,
         }
         if fact.key in existing:
-            conn.execute(_UPDATE_FACT, {"b_customer_id": customer_id, "b_key": fact.key, **values})
+            _UPDATE_FACT.rowcount(conn, {"b_customer_id": customer_id, "b_key": fact.key, **values})
         else:
-            conn.execute(_INSERT_FACT, {"customer_id": customer_id, "key": fact.key, **values})
+            _FACTS.row(conn, {"customer_id": customer_id, "key": fact.key, **values})
 
 
 def save_state(conn: Connection, state: TurnState, *, expected_version: int) -> None:
     """Write the dialog state back (its version already advanced by the caller)."""
-    result = conn.execute(
-        _UPDATE_STATE,
+    written = _UPDATE_STATE.rowcount(
+        conn,
         {
             "b_customer_id": state.customer_id,
             "b_version": expected_version,
@@ -251,7 +492,7 @@ def save_state(conn: Connection, state: TurnState, *, expected_version: int) -> 
             "version": state.version,
         },
     )
-    if result.rowcount != 1:
+    if written != 1:
         raise StaleStateError(f"dialog state of customer {state.customer_id} changed during a locked turn")
 
 
