@@ -57,24 +57,26 @@ class SharedLimiter:
         """Wait for a slot in every bucket (from the event loop)."""
         for _ in range(RETAKES + 1):
             at = await asyncio.to_thread(self.reserve, limits)
+            due = max(at, self.clock())  # a slot that is already due counts from now
             if (wait := at - self.clock()) > 0:
                 await asyncio.sleep(wait)
-            if not self._late(at):
+            if not self._late(due):
                 return
 
     def wait(self, *limits: Limit) -> None:
         """Wait for a slot in every bucket (blocking: from the thread that then sends)."""
         for _ in range(RETAKES + 1):
             at = self.reserve(limits)
+            due = max(at, self.clock())  # a slot that is already due counts from now
             if (wait := at - self.clock()) > 0:
                 time.sleep(wait)
-            if not self._late(at):
+            if not self._late(due):
                 return
 
-    def _late(self, at: float) -> bool:
+    def _late(self, due: float) -> bool:
         # Woken well after its slot (a busy machine): going now would bunch with the next sends
         # and could push a second over the limit, so it takes a new slot (a few times at most).
-        return self.clock() - at > LATE
+        return self.clock() - due > LATE
 
     def reserve(self, limits: Sequence[Limit]) -> float:
         """Reserve one slot in each bucket now; the epoch time the send may go."""

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import Engine, func, select
 
-from schedulers.ratelimit import Limit, SharedLimiter
+from schedulers.ratelimit import LATE, Limit, SharedLimiter
 from storage.db import make_engine
 from storage.outreach_models import RATE_BUCKET
 
@@ -116,3 +116,28 @@ def test_headroom_must_be_a_share(db: Engine) -> None:
     for bad in (0, 1.5, -1):
         with pytest.raises(ValueError, match="headroom"):
             SharedLimiter(db, headroom=bad)
+
+
+class Script:
+    """A clock that reads out the given times, then keeps the last."""
+
+    def __init__(self, *times: float) -> None:
+        self.times = list(times)
+
+    def __call__(self) -> float:
+        return self.times.pop(0) if len(self.times) > 1 else self.times[0]
+
+
+def test_a_send_woken_well_after_its_slot_takes_a_new_one(db: Engine) -> None:
+    late = T0 + LATE + 0.01
+    # reserve, due, wait, late-check: first woken too late, then on time.
+    limiter = SharedLimiter(db, headroom=1.0, clock=Script(T0, T0, T0, late, late, late, late, late))
+    limiter.wait(Limit("sms:busy", 10))
+    with db.connect() as conn:
+        tat = conn.execute(select(RATE_BUCKET.c.tat).where(RATE_BUCKET.c.key == "sms:busy")).scalar_one()
+    assert tat == pytest.approx(late + 0.1)  # two slots taken: the first given up
+    on_time = SharedLimiter(db, headroom=1.0, clock=Script(T0 + 5, T0 + 5, T0 + 5, T0 + 5 + LATE / 2))
+    on_time.wait(Limit("sms:calm", 10))
+    with db.connect() as conn:
+        tat = conn.execute(select(RATE_BUCKET.c.tat).where(RATE_BUCKET.c.key == "sms:calm")).scalar_one()
+    assert tat == pytest.approx(T0 + 5.1)  # one slot

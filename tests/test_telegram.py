@@ -243,7 +243,7 @@ def test_a_429_for_one_chat_does_not_delay_another(make_runtime: RuntimeFactory,
 
     t0 = asyncio.run(scenario())
     chat_a, chat_b = api.sent_messages(21), api.sent_messages(22)
-    assert chat_b[0].at - t0 < 0.5  # chat B served on time
+    assert chat_b[0].at - t0 < 0.9  # chat B served before chat A's hold (1 s) is over
     assert chat_a[0].at - t0 >= 1.0  # chat A waited as Telegram asked
     assert chat_b[0].at < chat_a[0].at
     assert [m.text for m in chat_a][-1].startswith(ASK_CHANNEL)  # in order despite the 429
