@@ -11,6 +11,7 @@ the template and queues one marketing message per recipient with a ``broadcast_r
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT, BroadcastSt
 from storage.models import DeliveryStatus, Direction
 from storage.queries import address_hash
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PLAN_DECLINE, PREFERENCE, SUPPRESSION, SWITCH_REQUEST
+
+log = logging.getLogger(__name__)
 
 BROADCAST_INTENT = "broadcast"
 CANCELLED = DeliveryStatus.CANCELLED  # a broadcast message cancelled before it went
@@ -418,9 +421,11 @@ def create(
         )
 
 
-def get(conn: Connection, broadcast_id: int) -> Mapping[str, Any]:
-    """The broadcast row; BroadcastError when there is none."""
-    row = conn.execute(select(BROADCAST).where(BROADCAST.c.id == broadcast_id)).first()
+def get(conn: Connection, broadcast_id: int, *, lock: bool = False) -> Mapping[str, Any]:
+    """The broadcast row (locked for the transaction with ``lock``); BroadcastError when there
+    is none."""
+    query = select(BROADCAST).where(BROADCAST.c.id == broadcast_id)
+    row = conn.execute(query.with_for_update() if lock else query).first()
     if row is None:
         raise BroadcastError(f"no broadcast {broadcast_id}")
     return dict(row._mapping)
@@ -582,7 +587,11 @@ def send(
             update(BROADCAST)
             .where(BROADCAST.c.id == broadcast_id)
             .values(
-                status=BroadcastStatus.WAITING if waiting else row["status"],
+                status=BroadcastStatus.WAITING
+                if waiting
+                else BroadcastStatus.DRAFT
+                if row["status"] == BroadcastStatus.FAILED  # sent again: say after fixing the catalog
+                else row["status"],
                 scheduled_at=start,
                 local_time=local_time,
             )
@@ -593,15 +602,34 @@ def send(
 
 
 def prepare_due(db: Engine, advisor: Advisor, config: PolicyConfig, now: datetime) -> dict[int, SendReport]:
-    """Job: prepare every waiting broadcast whose time has come; what each queued."""
+    """Job: prepare every waiting broadcast whose time has come (and any a crash left half
+    prepared); what each queued. One that cannot be prepared (its segment or template no longer
+    fits the catalog) is marked ``failed`` and does not hold up the others."""
     with db.connect() as conn:
         due = conn.execute(
             select(BROADCAST.c.id)
-            .where(BROADCAST.c.status == BroadcastStatus.WAITING, BROADCAST.c.scheduled_at <= now)
+            .where(
+                BROADCAST.c.status.in_((BroadcastStatus.WAITING, BroadcastStatus.PREPARING)),
+                BROADCAST.c.scheduled_at <= now,
+            )
             .order_by(BROADCAST.c.scheduled_at, BROADCAST.c.id)
         ).scalars()
         ids = list(due)
-    return {bid: prepare(db, advisor, config, bid, now) for bid in ids}
+    reports: dict[int, SendReport] = {}
+    for broadcast_id in ids:
+        try:
+            reports[broadcast_id] = prepare(db, advisor, config, broadcast_id, now)
+        except BroadcastError as exc:
+            log.error("broadcast %d cannot be prepared: %s; marked failed", broadcast_id, exc)
+            with db.begin() as conn:
+                conn.execute(
+                    update(BROADCAST)
+                    .where(BROADCAST.c.id == broadcast_id, BROADCAST.c.status.in_(_UNPREPARED))
+                    .values(status=BroadcastStatus.FAILED)
+                )
+        except Exception:  # the database, say: the next run tries again
+            log.exception("preparing broadcast %d failed; trying again at the next run", broadcast_id)
+    return reports
 
 
 def prepare(
@@ -620,8 +648,8 @@ def prepare(
     (say after a crash) only fills in the rest."""
     report = SendReport()
     with db.begin() as conn:
-        row = get(conn, broadcast_id)
-        if row["status"] in (BroadcastStatus.CANCELLED, BroadcastStatus.DONE):
+        row = get(conn, broadcast_id, lock=True)
+        if row["status"] in (BroadcastStatus.CANCELLED, BroadcastStatus.DONE, BroadcastStatus.FAILED):
             raise BroadcastError(f"broadcast {broadcast_id} is {row['status']}")
         node = parse(row["segment"])
         catalog = advisor.catalog(conn)
@@ -629,9 +657,17 @@ def prepare(
         offer = is_offer(row["template"])
         start = row["scheduled_at"] or now
         local = parse_local_time(row["local_time"]) if row["local_time"] else None
+        conn.execute(
+            update(BROADCAST)
+            .where(BROADCAST.c.id == broadcast_id, BROADCAST.c.status.in_(_UNPREPARED))
+            .values(status=BroadcastStatus.PREPARING, scheduled_at=start)
+        )
     last = 0
     while True:  # one transaction a batch: read the facts, queue the messages
         with db.begin() as conn:
+            # Locked, as cancel() locks it: a cancel between batches stops the rest.
+            if get(conn, broadcast_id, lock=True)["status"] == BroadcastStatus.CANCELLED:
+                break
             batch = facts_batch(conn, advisor, now, config, after=last, batch_size=batch_size)
             if not batch:
                 break
@@ -642,13 +678,13 @@ def prepare(
     with db.begin() as conn:  # queued: status() follows its progress from here
         conn.execute(
             update(BROADCAST)
-            .where(BROADCAST.c.id == broadcast_id, BROADCAST.c.status.in_(_UNPREPARED))
-            .values(status=BroadcastStatus.SCHEDULED, scheduled_at=row["scheduled_at"] or now)
+            .where(BROADCAST.c.id == broadcast_id, BROADCAST.c.status == BroadcastStatus.PREPARING)
+            .values(status=BroadcastStatus.SCHEDULED)
         )
     return report
 
 
-_UNPREPARED = (BroadcastStatus.DRAFT, BroadcastStatus.WAITING)
+_UNPREPARED = (BroadcastStatus.DRAFT, BroadcastStatus.WAITING, BroadcastStatus.PREPARING)
 
 
 def _send_batch(
@@ -867,7 +903,7 @@ def cancel(db: Engine, broadcast_id: int, now: datetime) -> int:
     rows, and claims them by status, so a message is either claimed or cancelled, never both).
     Returns how many were cancelled."""
     with db.begin() as conn:
-        row = get(conn, broadcast_id)
+        row = get(conn, broadcast_id, lock=True)  # waits for a batch being queued, stops the next
         if row["status"] == BroadcastStatus.DONE:
             raise BroadcastError(f"broadcast {broadcast_id} is done; nothing left to cancel")
         mine = select(BROADCAST_RECIPIENT.c.message_id).where(

@@ -16,10 +16,12 @@ class BroadcastStatus(StrEnum):
 
     DRAFT = "draft"
     WAITING = "waiting"  # to be prepared (segment, policy, messages) at ``scheduled_at``
+    PREPARING = "preparing"  # messages being queued, a batch of customers at a time
     SCHEDULED = "scheduled"  # messages queued, none gone yet
     SENDING = "sending"  # some gone, some still queued
     DONE = "done"  # nothing left queued
     CANCELLED = "cancelled"
+    FAILED = "failed"  # could not be prepared (say its template no longer fits the catalog)
 
 
 class RecipientStatus(StrEnum):

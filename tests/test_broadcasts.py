@@ -355,3 +355,39 @@ def test_a_job_that_runs_late_never_sends_at_night(
     bc.prepare_due(db, dialog.advisor, CONFIG, NIGHT_NY)  # the scheduler was down until 23:00 in NY
     dana = messages(db, bid)[book["dana"]]
     assert dana["next_attempt_at"] == datetime(2026, 4, 6, 12, 0, tzinfo=UTC)  # 08:00 NY, not now
+
+
+def test_a_broadcast_that_cannot_be_prepared_fails_without_holding_up_the_others(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    broken = create(db, dialog.advisor, template="You use {{ usage.data_gb }} a month.")
+    fine = create(db, dialog.advisor)
+    later = MORNING_NY + timedelta(hours=1)
+    for bid in (broken, fine):
+        bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY, at=later)
+    with db.begin() as conn:  # meanwhile its template stopped fitting (as if a field went away)
+        conn.execute(update(BROADCAST).where(BROADCAST.c.id == broken).values(template="{{ gone }}"))
+    prepared = bc.prepare_due(db, dialog.advisor, CONFIG, later)
+    assert list(prepared) == [fine] and prepared[fine].queued == 3
+    assert bc.status(db, broken).status == "failed"
+    assert bc.prepare_due(db, dialog.advisor, CONFIG, later + timedelta(minutes=1)) == {}
+
+
+def test_a_cancel_between_batches_stops_the_rest_of_the_preparation(
+    db: Engine, dialog: DialogEngine, book: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bid = create(db, dialog.advisor, segment="consent")
+    real_facts = bc.facts_batch
+    batches = 0
+
+    def cancelled_during_the_first(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal batches
+        batches += 1
+        if batches == 1:  # as bc.cancel() would, once this batch's transaction lets it
+            conn.execute(update(BROADCAST).where(BROADCAST.c.id == bid).values(status="cancelled"))
+        return real_facts(conn, *args, **kwargs)
+
+    monkeypatch.setattr(bc, "facts_batch", cancelled_during_the_first)
+    report = bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY, batch_size=2)
+    assert batches == 1 and report.queued == 1  # the first two customers; nobody after the cancel
+    assert bc.status(db, bid).status == "cancelled"

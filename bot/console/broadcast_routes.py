@@ -27,7 +27,9 @@ MAX_NAME = 200  # the column's length
 MAX_SEGMENT = 2_000
 MAX_TEMPLATE = 5_000
 DELIVERY = tuple(s.value for s in DeliveryStatus)  # progress columns, in the life order of a message
-LIVE = frozenset({BroadcastStatus.WAITING, BroadcastStatus.SCHEDULED, BroadcastStatus.SENDING})
+LIVE = frozenset(
+    {BroadcastStatus.WAITING, BroadcastStatus.PREPARING, BroadcastStatus.SCHEDULED, BroadcastStatus.SENDING}
+)
 CANCELLABLE = LIVE | {BroadcastStatus.DRAFT}
 _NOTICES = {
     "created": "Created as a draft. Check the preview and the dry run, then schedule it.",
