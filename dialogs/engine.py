@@ -345,10 +345,11 @@ class _Turn:
         confirming = self.state.pending_kind in (PendingKind.CONFIRM_FORGET, PendingKind.CONFIRM_STOP)
         if confirming and self._confirmation(self.text):
             return
-        if self.state.pending_kind == PendingKind.SUGGESTION and store.unsent_suggestion(
+        if self.state.pending_kind == PendingKind.SUGGESTION and store.unseen_suggestion(
             self.conn, customer_id=self.state.customer_id
         ):
-            # A proactive offer waiting for the morning has not been seen: "yes" is about something else.
+            # A proactive offer still waiting (or cancelled, or failed) has not been seen: "yes"
+            # is about something else.
             self.state.pending_key = self.state.pending_kind = None
         if self.state.pending_kind == PendingKind.SUGGESTION and self._suggestion_answer(self.text):
             return

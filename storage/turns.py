@@ -514,6 +514,32 @@ def unsent_suggestion(conn: Connection, *, customer_id: int) -> bool:
     )
 
 
+_UNSEEN = (
+    DeliveryStatus.QUEUED,
+    DeliveryStatus.SENDING,
+    DeliveryStatus.CANCELLED,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.UNDELIVERED,
+)
+
+
+def unseen_suggestion(conn: Connection, *, customer_id: int) -> bool:
+    """Whether the latest plan suggestion to this customer is a proactive one that has not
+    reached them: still waiting to go out, or cancelled, refused or failed on the way (so a
+    YES now is not an answer to it)."""
+    latest = conn.execute(
+        select(MESSAGE.c.marketing, MESSAGE.c.status)
+        .where(
+            MESSAGE.c.customer_id == customer_id,
+            MESSAGE.c.direction == Direction.OUT,
+            MESSAGE.c.intent == "suggestion",
+        )
+        .order_by(MESSAGE.c.id.desc())
+        .limit(1)
+    ).first()
+    return latest is not None and bool(latest.marketing) and latest.status in _UNSEEN
+
+
 def set_opt_out(conn: Connection, *, customer_id: int, at: datetime | None, message_id: int | None) -> None:
     """Record an opt-out (``at`` set) or an opt-in (``at`` None)."""
     conn.execute(

@@ -391,3 +391,18 @@ def test_a_cancel_between_batches_stops_the_rest_of_the_preparation(
     report = bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY, batch_size=2)
     assert batches == 1 and report.queued == 1  # the first two customers; nobody after the cancel
     assert bc.status(db, bid).status == "cancelled"
+
+
+def test_a_yes_after_the_offer_was_cancelled_or_failed_is_not_an_answer(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    bid = create(db, dialog.advisor)
+    bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    sent = messages(db, bid)
+    with db.begin() as conn:  # Dana's offer failed at the carrier; Hana's broadcast was cancelled
+        conn.execute(update(MESSAGE).where(MESSAGE.c.id == sent[book["dana"]]["id"]).values(status="failed"))
+    bc.cancel(db, bid, MORNING_NY)
+    Texter(dialog, PHONE, channel="sms", phone=PHONE, now=MORNING_NY).say("yes")
+    Texter(dialog, "+442071838750", channel="sms", phone="+442071838750", now=MORNING_NY).say("yes")
+    with db.connect() as conn:
+        assert conn.execute(select(SWITCH_REQUEST.c.id)).all() == []  # neither saw an offer
