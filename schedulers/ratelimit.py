@@ -54,9 +54,13 @@ class SharedLimiter:
         self._greatest = func.greatest if db.dialect.name == "postgresql" else func.max
 
     async def acquire(self, *limits: Limit) -> None:
-        """Wait for a slot in every bucket (from the event loop)."""
+        """Wait for a slot in each bucket in turn (from the event loop); see :meth:`wait`."""
+        *narrow, last = limits
+        for limit in narrow:
+            if (wait := await asyncio.to_thread(self.reserve, [limit]) - self.clock()) > 0:
+                await asyncio.sleep(wait)
         for _ in range(RETAKES + 1):
-            at = await asyncio.to_thread(self.reserve, limits)
+            at = await asyncio.to_thread(self.reserve, [last])
             due = max(at, self.clock())  # a slot that is already due counts from now
             if (wait := at - self.clock()) > 0:
                 await asyncio.sleep(wait)
@@ -64,9 +68,15 @@ class SharedLimiter:
                 return
 
     def wait(self, *limits: Limit) -> None:
-        """Wait for a slot in every bucket (blocking: from the thread that then sends)."""
+        """Wait for a slot in each bucket in turn, narrowest first (a chat, then the whole
+        channel), blocking: from the thread that then sends. A send held back by a narrow bucket
+        takes its slot in the wider ones only once it may go, so it uses up nobody's slot."""
+        *narrow, last = limits
+        for limit in narrow:
+            if (wait := self.reserve([limit]) - self.clock()) > 0:
+                time.sleep(wait)
         for _ in range(RETAKES + 1):
-            at = self.reserve(limits)
+            at = self.reserve([last])
             due = max(at, self.clock())  # a slot that is already due counts from now
             if (wait := at - self.clock()) > 0:
                 time.sleep(wait)
@@ -79,12 +89,13 @@ class SharedLimiter:
         return self.clock() - due > LATE
 
     def reserve(self, limits: Sequence[Limit]) -> float:
-        """Reserve one slot in each bucket now; the epoch time the send may go."""
-        now = self.clock()
+        """Reserve one slot in each bucket now; the epoch time the send may go (the latest)."""
         with self.db.begin() as conn:
+            now = self.clock()  # read once the transaction holds the write lock (SQLite)
             return max(self._reserve(conn, limit, now) for limit in sorted(limits, key=lambda x: x.key))
 
     def _reserve(self, conn: Connection, limit: Limit, now: float) -> float:
+        """Take ``limit``'s first slot at or after ``now``."""
         gap = 1.0 / (limit.per_second * self.headroom)
         tolerance = gap * (max(limit.burst, 1) - 1)
         upsert = self._insert(RATE_BUCKET).values(key=limit.key, tat=now + gap)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -141,3 +142,28 @@ def test_a_send_woken_well_after_its_slot_takes_a_new_one(db: Engine) -> None:
     with db.connect() as conn:
         tat = conn.execute(select(RATE_BUCKET.c.tat).where(RATE_BUCKET.c.key == "sms:calm")).scalar_one()
     assert tat == pytest.approx(T0 + 5.1)  # one slot
+
+
+def test_a_send_held_back_by_its_chat_takes_no_overall_slot_meanwhile(db: Engine) -> None:
+    limiter = SharedLimiter(db, headroom=1.0)
+    overall = Limit("telegram:all", 20)
+
+    async def send(chat: str) -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await limiter.acquire(Limit(f"telegram:chat:{chat}", 5), overall)
+        return loop.time() - start
+
+    async def scene() -> tuple[float, float, float]:
+        a1 = await send("a")
+        a2, b1 = await asyncio.gather(send("a"), send("b"))  # a's second waits 0.2 s for its chat
+        return a1, a2, b1
+
+    began = time.time()
+    a1, a2, b1 = asyncio.run(scene())
+    assert a1 < 0.1 and a2 >= 0.18 and b1 < 0.15  # chat b went at once
+    with db.connect() as conn:
+        tat = conn.execute(select(RATE_BUCKET.c.tat).where(RATE_BUCKET.c.key == "telegram:all")).scalar_one()
+    # a's second overall slot was taken when its chat let it go (about 0.2 s in), not at once
+    # beside a1's and b1's (which would have left the bucket at 3 gaps, 0.15 s, and a slot unused).
+    assert tat >= began + 0.2 + 1 / 20 - 0.01

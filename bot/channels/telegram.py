@@ -164,7 +164,7 @@ class ChatRateLimiter:
         """Wait for this chat's turn and an overall slot, then send."""
         lock = self._locks.setdefault(chat, asyncio.Lock())
         async with lock:
-            await self.shared.acquire(self.overall, Limit(self.chat_key(chat), self.per_chat))
+            await self.shared.acquire(Limit(self.chat_key(chat), self.per_chat), self.overall)
             yield
 
     async def hold(self, chat: str, seconds: float) -> None:
