@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Connection, Engine, exists, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, exists, insert, or_, select, true, update
 
 from dialogs.engine import ReplyOption
 from schedulers.leader import AlwaysLeader, LeaderLock
@@ -35,13 +35,18 @@ log = logging.getLogger(__name__)
 
 class SendError(Exception):
     """A channel could not send a message. ``retryable``: trying again later may work
-    (rate limits, timeouts, 5xx); ``retry_after``: how long the provider asked us to wait."""
+    (rate limits, timeouts, 5xx); ``retry_after``: how long the provider asked us to wait;
+    ``ambiguous``: the request may have reached the provider (a timeout waiting for its answer,
+    a 5xx), so marketing is not tried again (at most once) but reported ``unknown``."""
 
-    def __init__(self, reason: str, *, retryable: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, *, retryable: bool, retry_after: float | None = None, ambiguous: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after
+        self.ambiguous = ambiguous
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +159,12 @@ class Outbox:
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
-                if await asyncio.to_thread(self.lock.try_acquire):
+                try:
+                    leading = await asyncio.to_thread(self.lock.try_acquire)
+                except Exception:  # say the lock file cannot be opened: try again, say why
+                    log.exception("cannot take the delivery lock; trying again in %.0f s", interval)
+                    leading = False
+                if leading:
                     await self._top_up(inflight)
                 running = set().union(*inflight.values())
                 await asyncio.wait({stopping, *running}, timeout=interval, return_when=FIRST_COMPLETED)
@@ -179,6 +189,7 @@ class Outbox:
                 task = asyncio.create_task(self._send(outgoing), name=f"send-{outgoing.message_id}")
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                task.add_done_callback(_log_failure)
 
     def _room(self, channel: str) -> int:
         sender = self.senders.get(channel)
@@ -201,7 +212,10 @@ class Outbox:
             log.warning(
                 "sending message %d on %s failed: %s", outgoing.message_id, outgoing.channel, exc.reason
             )
-            await asyncio.to_thread(self._finish, outgoing, exc)
+            if outgoing.marketing and exc.ambiguous:
+                await asyncio.to_thread(self._unknown, outgoing, exc.reason)
+            else:
+                await asyncio.to_thread(self._finish, outgoing, exc)
         except Exception as exc:  # a bug or an unexpected provider answer: keep it, say so
             log.exception("sending message %d on %s raised", outgoing.message_id, outgoing.channel)
             reason = f"{type(exc).__name__}: {exc}"
@@ -279,7 +293,7 @@ class Outbox:
 
     def _unknown(self, outgoing: Outgoing, reason: str) -> None:
         with self.db.begin() as conn:
-            _mark_unknown(conn, [outgoing.message_id], reason[:500], self.clock())
+            _mark_unknown(conn, [outgoing.message_id], reason[:500], self.clock(), attempt=outgoing.attempt)
 
     def _finish(self, outgoing: Outgoing, outcome: str | SendError | None) -> None:
         now = self.clock()
@@ -301,7 +315,11 @@ class Outbox:
         with self.db.begin() as conn:
             claimed = conn.execute(
                 update(MESSAGE)
-                .where(MESSAGE.c.id == outgoing.message_id, MESSAGE.c.status == DeliveryStatus.SENDING)
+                .where(
+                    MESSAGE.c.id == outgoing.message_id,
+                    MESSAGE.c.status == DeliveryStatus.SENDING,
+                    MESSAGE.c.attempts == outgoing.attempt,  # this claim, not a later one
+                )
                 .values(**values)
                 .returning(MESSAGE.c.claimed_at)
             ).first()
@@ -317,6 +335,12 @@ class Outbox:
                         at=now,
                     )
                 )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        # Recording the outcome failed (the database): the row stays "sending" until recovery.
+        log.error("delivering %s failed: %s", task.get_name(), exc, exc_info=exc)
 
 
 def _refusals(conn: Connection, customer_ids: set[int | None]) -> dict[int | None, str]:
@@ -343,10 +367,13 @@ def _refusals(conn: Connection, customer_ids: set[int | None]) -> dict[int | Non
     return refusals
 
 
-def _mark_unknown(conn: Connection, message_ids: Sequence[int], reason: str, now: datetime) -> None:
+def _mark_unknown(
+    conn: Connection, message_ids: Sequence[int], reason: str, now: datetime, *, attempt: int | None = None
+) -> None:
+    this_claim = MESSAGE.c.attempts == attempt if attempt is not None else true()
     rows = conn.execute(
         update(MESSAGE)
-        .where(MESSAGE.c.id.in_(list(message_ids)), MESSAGE.c.status == DeliveryStatus.SENDING)
+        .where(MESSAGE.c.id.in_(list(message_ids)), MESSAGE.c.status == DeliveryStatus.SENDING, this_claim)
         .values(status=DeliveryStatus.UNKNOWN, error=reason, next_attempt_at=None)
         .returning(MESSAGE.c.id, MESSAGE.c.customer_id, MESSAGE.c.attempts, MESSAGE.c.claimed_at)
     ).all()

@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from dialogs.advisor import Advisor, explain
 from plans.fit import Fit, fit_book
@@ -174,8 +176,10 @@ def await_answers(conn: Connection, offered: Mapping[int, str]) -> None:
     have = set(conn.execute(select(STATE.c.customer_id).where(STATE.c.customer_id.in_(ids))).scalars())
     new = [c for c in ids if c not in have]
     if new:
+        # A first message racing this gets its own fresh state; the offer waits for the next.
+        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
         conn.execute(
-            insert(STATE),
+            dialect_insert(STATE).on_conflict_do_nothing(index_elements=[STATE.c.customer_id]),
             [
                 {
                     "customer_id": c,

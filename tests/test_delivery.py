@@ -312,3 +312,35 @@ def test_on_sqlite_one_delivery_loop_runs_at_a_time_and_another_takes_over(
 
     asyncio.run(run_a_while())
     assert sorted(m.message_id for m in sender.sent) == ids
+
+
+class TimesOut:
+    """The provider took the request but its answer never came."""
+
+    channel = "sms"
+    max_in_flight = 1
+
+    async def send(self, message: Outgoing) -> str | None:
+        raise SendError("ReadTimeout waiting for Twilio", retryable=True, ambiguous=True)
+
+
+def test_a_timeout_after_the_request_went_makes_marketing_unknown_and_retries_a_reply(db: Engine) -> None:
+    offer = _outbound(db, marketing=True, status="queued", claimed_at=None)
+    reply = _outbound(db, marketing=False, status="queued", claimed_at=None)
+    asyncio.run(Outbox(db, {"sms": TimesOut()}, lambda *_: (), clock=Clock()).deliver([offer, reply]))
+    assert (_row(db, offer)["status"], [a[1] for a in attempts(db, offer)]) == ("unknown", ["unknown"])
+    assert (_row(db, reply)["status"], [a[1] for a in attempts(db, reply)]) == ("queued", ["retry"])
+
+
+def test_a_late_answer_does_not_settle_a_later_claim_of_the_same_message(db: Engine) -> None:
+    reply = _outbound(db, marketing=False, status="queued", claimed_at=None)
+    outbox = Outbox(db, {"sms": RecordingSender()}, lambda *_: (), clock=Clock())
+    [first] = outbox._claim(MESSAGE.c.id == reply, 1)
+    with db.begin() as conn:  # recovery took it for dead and another worker claimed it again
+        conn.execute(update(MESSAGE).where(MESSAGE.c.id == reply).values(status="queued"))
+    [second] = outbox._claim(MESSAGE.c.id == reply, 1)
+    outbox._finish(first, SendError("503", retryable=True))  # the first worker's late answer
+    assert (_row(db, reply)["status"], _row(db, reply)["attempts"]) == ("sending", 2)
+    outbox._finish(second, "SM2")
+    assert (_row(db, reply)["status"], _row(db, reply)["provider_message_id"]) == ("sent", "SM2")
+    assert [a[:2] for a in attempts(db, reply)] == [(2, "sent")]

@@ -11,6 +11,7 @@ never writes to a number that opted out (except the opt-out and opt-in confirmat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
@@ -21,9 +22,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+import requests
 from fastapi import APIRouter, BackgroundTasks, Request, Response
 from sqlalchemy import Engine, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
@@ -202,7 +204,12 @@ class TwilioSender:
 
     async def send(self, message: Outgoing) -> str:
         """Send ``message``; Twilio's message SID. Raises :class:`SendError`."""
-        customer_id, allowed = await asyncio.to_thread(self._may_send, message)
+        try:
+            customer_id, allowed = await asyncio.to_thread(self._may_send, message)
+        except SQLAlchemyError as exc:  # nothing went out: try again later
+            raise SendError(
+                f"database unavailable before sending ({exc.__class__.__name__})", retryable=True
+            ) from exc
         if not allowed:
             raise SendError("recipient opted out", retryable=False)
         body = fit(render(message.text, message.options))
@@ -220,7 +227,10 @@ class TwilioSender:
 
     def _paced_create(self, message: Outgoing, body: str, customer_id: int | None) -> str:
         # Wait for the slot in the thread that then sends: nothing queues between the two.
-        self.limiter.wait(self.rate)
+        try:
+            self.limiter.wait(self.rate)
+        except SQLAlchemyError as exc:  # nothing went out: try again later
+            raise SendError(f"send pacing unavailable ({exc.__class__.__name__})", retryable=True) from exc
         return self._create(message, body, customer_id)
 
     def close(self) -> None:
@@ -264,7 +274,11 @@ class TwilioSender:
         except TwilioRestException as exc:
             raise self._error(exc, customer_id) from None
         except OSError as exc:  # requests' connection errors and timeouts are OSErrors
-            raise SendError(f"could not reach Twilio ({type(exc).__name__}: {exc})", retryable=True) from None
+            # A timeout waiting for the answer may come after Twilio took the message.
+            ambiguous = isinstance(exc, requests.exceptions.ReadTimeout)
+            raise SendError(
+                f"could not reach Twilio ({type(exc).__name__}: {exc})", retryable=True, ambiguous=ambiguous
+            ) from None
         sid = str(created.sid)
         # Recorded now, not when the outbox finishes: a status callback may arrive first.
         with self.db.begin() as conn:
@@ -279,8 +293,11 @@ class TwilioSender:
         if status == 429 or code == "20429" or status >= 500:
             retry_after = getattr(self.client.http_client, "last_retry_after", lambda: None)()
             if status == 429 or code == "20429":  # too fast for this sender: every worker waits
-                self.limiter.hold(self.rate.key, retry_after or 1.0)
-            return SendError(what, retryable=True, retry_after=retry_after)
+                with contextlib.suppress(SQLAlchemyError):
+                    self.limiter.hold(self.rate.key, retry_after or 1.0)
+                return SendError(what, retryable=True, retry_after=retry_after)
+            # A 5xx may come after Twilio created the message: ambiguous for at-most-once.
+            return SendError(what, retryable=True, retry_after=retry_after, ambiguous=True)
         if code == UNSUBSCRIBED:
             if customer_id is not None:
                 with self.db.begin() as conn:

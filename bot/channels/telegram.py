@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.exc import SQLAlchemyError
 from telegram import (
     Bot,
     BotCommand,
@@ -164,16 +165,25 @@ class ChatRateLimiter:
         """Wait for this chat's turn and an overall slot, then send."""
         lock = self._locks.setdefault(chat, asyncio.Lock())
         async with lock:
-            await self.shared.acquire(Limit(self.chat_key(chat), self.per_chat), self.overall)
+            try:
+                await self.shared.acquire(Limit(self.chat_key(chat), self.per_chat), self.overall)
+            except SQLAlchemyError as exc:  # nothing went out: try again later
+                raise SendError(f"send pacing unavailable ({type(exc).__name__})", retryable=True) from exc
             yield
 
     async def hold(self, chat: str, seconds: float) -> None:
-        """Send nothing to ``chat`` for ``seconds``."""
-        await asyncio.to_thread(self.shared.hold, self.chat_key(chat), seconds)
+        """Send nothing to ``chat`` for ``seconds`` (best effort: the next 429 says it again)."""
+        try:
+            await asyncio.to_thread(self.shared.hold, self.chat_key(chat), seconds)
+        except SQLAlchemyError:
+            log.warning("could not record a %.0f s hold for chat %s", seconds, chat, exc_info=True)
 
     async def held_for(self, chat: str) -> float:
         """Seconds until ``chat`` may get a message again."""
-        return await asyncio.to_thread(self.shared.held_for, self.chat_key(chat))
+        try:
+            return await asyncio.to_thread(self.shared.held_for, self.chat_key(chat))
+        except SQLAlchemyError as exc:  # nothing went out: try again later
+            raise SendError(f"send pacing unavailable ({type(exc).__name__})", retryable=True) from exc
 
 
 def _seconds(exc: RetryAfter) -> float:
@@ -243,8 +253,9 @@ class TelegramSender:
                     raise SendError(f"forbidden: {exc.message}", retryable=False) from None
                 except (BadRequest, ChatMigrated, InvalidToken) as exc:
                     raise SendError(f"{type(exc).__name__}: {exc.message}", retryable=False) from None
-                except TelegramError as exc:  # NetworkError, TimedOut, 5xx
-                    raise SendError(f"{type(exc).__name__}: {exc.message}", retryable=True) from None
+                except TelegramError as exc:  # NetworkError, TimedOut, 5xx: it may have gone
+                    reason = f"{type(exc).__name__}: {exc.message}"
+                    raise SendError(reason, retryable=True, ambiguous=True) from None
         raise SendError("rate limited repeatedly", retryable=True, retry_after=wait)
 
 
