@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -57,10 +57,10 @@ class SharedLimiter:
         """Wait for a slot in each bucket in turn (from the event loop); see :meth:`wait`."""
         *narrow, last = limits
         for limit in narrow:
-            if (wait := await asyncio.to_thread(self.reserve, [limit]) - self.clock()) > 0:
+            if (wait := await asyncio.to_thread(self.reserve, limit) - self.clock()) > 0:
                 await asyncio.sleep(wait)
         for _ in range(RETAKES + 1):
-            at = await asyncio.to_thread(self.reserve, [last])
+            at = await asyncio.to_thread(self.reserve, last)
             due = max(at, self.clock())  # a slot that is already due counts from now
             if (wait := at - self.clock()) > 0:
                 await asyncio.sleep(wait)
@@ -73,10 +73,10 @@ class SharedLimiter:
         takes its slot in the wider ones only once it may go, so it uses up nobody's slot."""
         *narrow, last = limits
         for limit in narrow:
-            if (wait := self.reserve([limit]) - self.clock()) > 0:
+            if (wait := self.reserve(limit) - self.clock()) > 0:
                 time.sleep(wait)
         for _ in range(RETAKES + 1):
-            at = self.reserve([last])
+            at = self.reserve(last)
             due = max(at, self.clock())  # a slot that is already due counts from now
             if (wait := at - self.clock()) > 0:
                 time.sleep(wait)
@@ -88,22 +88,18 @@ class SharedLimiter:
         # and could push a second over the limit, so it takes a new slot (a few times at most).
         return self.clock() - due > LATE
 
-    def reserve(self, limits: Sequence[Limit]) -> float:
-        """Reserve one slot in each bucket now; the epoch time the send may go (the latest)."""
-        with self.db.begin() as conn:
-            now = self.clock()  # read once the transaction holds the write lock (SQLite)
-            return max(self._reserve(conn, limit, now) for limit in sorted(limits, key=lambda x: x.key))
-
-    def _reserve(self, conn: Connection, limit: Limit, now: float) -> float:
-        """Take ``limit``'s first slot at or after ``now``."""
+    def reserve(self, limit: Limit) -> float:
+        """Take the bucket's next slot; the epoch time the send may go."""
         gap = 1.0 / (limit.per_second * self.headroom)
         tolerance = gap * (max(limit.burst, 1) - 1)
-        upsert = self._insert(RATE_BUCKET).values(key=limit.key, tat=now + gap)
-        stmt = upsert.on_conflict_do_update(
-            index_elements=[RATE_BUCKET.c.key],
-            set_={"tat": self._greatest(RATE_BUCKET.c.tat, now) + gap},
-        ).returning(RATE_BUCKET.c.tat)
-        tat = float(conn.execute(stmt).scalar_one())
+        with self.db.begin() as conn:
+            now = self.clock()  # read once the transaction holds the write lock (SQLite)
+            upsert = self._insert(RATE_BUCKET).values(key=limit.key, tat=now + gap)
+            stmt = upsert.on_conflict_do_update(
+                index_elements=[RATE_BUCKET.c.key],
+                set_={"tat": self._greatest(RATE_BUCKET.c.tat, now) + gap},
+            ).returning(RATE_BUCKET.c.tat)
+            tat = float(conn.execute(stmt).scalar_one())
         return max(now, tat - gap - tolerance)
 
     def hold(self, key: str, seconds: float) -> None:

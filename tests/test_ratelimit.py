@@ -29,27 +29,19 @@ class Clock:
 def test_slots_are_spaced_evenly_at_the_rate_with_headroom(db: Engine) -> None:
     clock = Clock()
     limiter = SharedLimiter(db, headroom=0.8, clock=clock)
-    slots = [limiter.reserve([Limit("sms:+15005550006", 10)]) for _ in range(5)]
+    slots = [limiter.reserve(Limit("sms:+15005550006", 10)) for _ in range(5)]
     gap = 1 / (10 * 0.8)
     assert slots == pytest.approx([T0 + i * gap for i in range(5)])
     clock.now = T0 + 10  # idle for a while: the next send goes at once, not "catching up"
-    assert limiter.reserve([Limit("sms:+15005550006", 10)]) == pytest.approx(T0 + 10)
-    assert limiter.reserve([Limit("sms:+15005550006", 10)]) == pytest.approx(T0 + 10 + gap)
+    assert limiter.reserve(Limit("sms:+15005550006", 10)) == pytest.approx(T0 + 10)
+    assert limiter.reserve(Limit("sms:+15005550006", 10)) == pytest.approx(T0 + 10 + gap)
 
 
 def test_a_burst_goes_at_once_then_the_rate_applies(db: Engine) -> None:
     limiter = SharedLimiter(db, headroom=1.0, clock=Clock())
     chat = Limit("telegram:chat:7", 1, burst=3)
-    slots = [limiter.reserve([chat]) for _ in range(5)]
+    slots = [limiter.reserve(chat) for _ in range(5)]
     assert slots == pytest.approx([T0, T0, T0, T0 + 1, T0 + 2])
-
-
-def test_a_send_waits_for_the_slowest_of_its_buckets(db: Engine) -> None:
-    limiter = SharedLimiter(db, headroom=1.0, clock=Clock())
-    overall, chat = Limit("telegram:all", 30), Limit("telegram:chat:7", 1)
-    assert limiter.reserve([overall, chat]) == pytest.approx(T0)
-    assert limiter.reserve([overall, chat]) == pytest.approx(T0 + 1)  # the chat's pace
-    assert limiter.reserve([overall, Limit("telegram:chat:8", 1)]) == pytest.approx(T0 + 2 / 30)
 
 
 def test_hold_pauses_a_bucket_and_held_for_says_how_long(db: Engine) -> None:
@@ -58,7 +50,7 @@ def test_hold_pauses_a_bucket_and_held_for_says_how_long(db: Engine) -> None:
     assert limiter.held_for("sms:x") == 0
     limiter.hold("sms:x", 30)
     assert limiter.held_for("sms:x") == pytest.approx(30)
-    assert limiter.reserve([Limit("sms:x", 1)]) == pytest.approx(T0 + 30)
+    assert limiter.reserve(Limit("sms:x", 1)) == pytest.approx(T0 + 30)
     limiter.hold("sms:x", 5)  # a shorter hold does not shorten the longer one
     assert limiter.held_for("sms:x") == pytest.approx(31)
 
@@ -74,7 +66,7 @@ def test_two_processes_share_one_pace(db_url: str) -> None:
 
     def reserve(limiter: SharedLimiter) -> None:
         for _ in range(25):
-            slot = limiter.reserve([Limit("sms:shared", 20)])
+            slot = limiter.reserve(Limit("sms:shared", 20))
             with lock:
                 slots.append(slot)
 
@@ -104,9 +96,9 @@ def test_acquire_sleeps_until_the_slot(db: Engine) -> None:
 def test_prune_forgets_idle_buckets_only(db: Engine) -> None:
     clock = Clock()
     limiter = SharedLimiter(db, clock=clock)
-    limiter.reserve([Limit("telegram:chat:old", 1)])
+    limiter.reserve(Limit("telegram:chat:old", 1))
     clock.now = T0 + 7200
-    limiter.reserve([Limit("telegram:chat:new", 1)])
+    limiter.reserve(Limit("telegram:chat:new", 1))
     assert limiter.prune(idle_for=3600) == 1
     with db.connect() as conn:
         assert conn.execute(select(RATE_BUCKET.c.key)).scalars().all() == ["telegram:chat:new"]
