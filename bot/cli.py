@@ -6,7 +6,7 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -14,12 +14,14 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from bot.channels.base import ChannelService
 from bot.cli_broadcast import broadcast_app
 from bot.cli_data import import_app, plans_app
 from bot.runtime import Runtime, build_runtime
 from bot.settings import Settings, get_settings
 from dialogs.bank import BankError
+
+if TYPE_CHECKING:  # the channels pull in the web stack: only when a command needs them
+    from bot.channels.base import ChannelService
 
 app = typer.Typer(help="Rapport: a conversational customer-preference assistant.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
