@@ -184,33 +184,25 @@ def test_anonymous_is_sent_to_login_and_back(console: Console) -> None:
     response = console.client.get("/console/review?before=5", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == "/console/login?next=%2Fconsole%2Freview%3Fbefore%3D5"
-    page = console.client.get(response.headers["location"])
-    posted = console.client.post(
-        "/console/login",
-        data={
-            "email": "op@example.com",
-            "password": PASSWORD,
-            "csrf_token": csrf_of(page.text),
-            "next": "/console/review?before=5",
-        },
-        follow_redirects=False,
+    assert login_then(console.client, response.headers["location"], "/console/review?before=5") == (
+        "/console/review?before=5"
     )
-    assert posted.headers["location"] == "/console/review?before=5"
 
 
 def test_login_never_redirects_off_site(console: Console) -> None:
-    page = console.client.get("/console/login")
-    posted = console.client.post(
-        "/console/login",
-        data={
-            "email": "op@example.com",
-            "password": PASSWORD,
-            "csrf_token": csrf_of(page.text),
-            "next": "//evil.example/x",
-        },
-        follow_redirects=False,
-    )
-    assert posted.headers["location"] == "/console/conversations"
+    assert login_then(console.client, "/console/login", "//evil.example/x") == "/console/conversations"
+
+
+def login_then(client: TestClient, login_page: str, next_page: str) -> str:
+    """Log in as the operator from ``login_page`` asking to go on to ``next_page``; where to."""
+    page = client.get(login_page)
+    data = {
+        "email": "op@example.com",
+        "password": PASSWORD,
+        "csrf_token": csrf_of(page.text),
+        "next": next_page,
+    }
+    return str(client.post("/console/login", data=data, follow_redirects=False).headers["location"])
 
 
 def test_operator_is_refused_admin_pages_and_actions(console: Console) -> None:
