@@ -41,6 +41,9 @@ class Command:
 
 K = CommandKind
 
+CARRIER_KEYWORDS: frozenset[CommandKind] = frozenset({K.STOP, K.START, K.HELP})
+"""The kinds that are carrier keywords (STOP/START/HELP): honoured on every channel, opted out or not."""
+
 # Carrier keywords: a command only when they are the whole message.
 _KEYWORDS = {
     **dict.fromkeys(("stop", "stopall", "unsubscribe", "cancel", "end", "quit", "optout", "revoke"), K.STOP),

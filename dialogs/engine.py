@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from dialogs import texts
 from dialogs.advisor import AdviceConfig, Advisor, explain, no_offer_reason
 from dialogs.bank import Kind, Question, QuestionBank
-from dialogs.commands import Command, CommandKind, detect_command
+from dialogs.commands import CARRIER_KEYWORDS, Command, CommandKind, detect_command
 from dialogs.parsing import Parse, find_question, mentions, normalize, parse_answer, parse_yes_no
 from dialogs.policy import Next, next_step, open_questions
 from storage import turns as store
@@ -600,7 +600,7 @@ class _Turn:
 
     def _command(self, command: Command, *, first_contact: bool) -> None:
         kind = command.kind
-        self.intent(f"command:{kind.value}" if kind not in _KEYWORDS else f"keyword:{kind.value}")
+        self.intent(f"command:{kind.value}" if kind not in CARRIER_KEYWORDS else f"keyword:{kind.value}")
         pending = self.pending_question()
         if kind is CommandKind.STOP:
             self._opt_out()
@@ -735,6 +735,3 @@ class _Turn:
             return
         self._ask(Next(pending, PendingKind.ASK), prefix=texts.reask_prefix(pending), again=True)
         self.asked = True
-
-
-_KEYWORDS = (CommandKind.STOP, CommandKind.START, CommandKind.HELP)

@@ -1,5 +1,6 @@
 """Rapport's storage: tables, engines, migrations and query functions."""
 
+from storage import tables  # noqa: F401  (registers every table on the metadata)
 from storage.db import database_status, ensure_schema, make_engine, open_database, transaction, upgrade
 from storage.models import (
     Channel,
@@ -8,6 +9,7 @@ from storage.models import (
     DeliveryStatus,
     DialogState,
     Direction,
+    Intent,
     Message,
     PendingKind,
     Preference,
@@ -23,6 +25,7 @@ __all__ = [
     "DeliveryStatus",
     "DialogState",
     "Direction",
+    "Intent",
     "Message",
     "PendingKind",
     "Preference",

@@ -8,7 +8,7 @@ from enum import StrEnum
 from sqlalchemy import ForeignKey, Index, Integer, Table, Text, UniqueConstraint
 from sqlmodel import Column, Field, SQLModel
 
-from storage.models import UTCDateTime, utcnow
+from storage.types import UTCDateTime, utcnow
 
 
 class BroadcastStatus(StrEnum):

@@ -7,10 +7,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer
+from sqlalchemy import JSON, ForeignKey, Index, Integer, Table
 from sqlmodel import Column, Field, SQLModel
 
-from storage.models import Message, UTCDateTime, utcnow
+from storage import models  # noqa: F401  (the message table, indexed below)
+from storage.types import UTCDateTime, utcnow
 
 
 class Role(StrEnum):
@@ -101,7 +102,7 @@ class TaughtSynonym(SQLModel, table=True):
 
 
 # Keyset pages (newest first) of one channel, or of the review queue, walk these indexes.
-_MESSAGE = Message.__table__  # type: ignore[attr-defined]
+_MESSAGE: Table = SQLModel.metadata.tables["message"]
 Index("ix_message_channel_id", _MESSAGE.c.channel, _MESSAGE.c.id)
 Index("ix_message_review_id", _MESSAGE.c.needs_review, _MESSAGE.c.id)
 

@@ -27,18 +27,23 @@ from sqlalchemy import (
     update,
 )
 
-from storage.console_models import FTS_TABLE, AuditEvent, MessageReview, TaughtSynonym, User
-from storage.models import Direction, utcnow
-from storage.outreach_models import DELIVERY_ATTEMPT
-from storage.tables import CUSTOMER, IDENTITY, MESSAGE
+from storage.console_models import FTS_TABLE
+from storage.tables import (
+    AUDIT_EVENT,
+    CONSOLE_USER,
+    CUSTOMER,
+    DELIVERY_ATTEMPT,
+    IDENTITY,
+    MESSAGE,
+    MESSAGE_REVIEW,
+    TAUGHT_SYNONYM,
+)
+from storage.types import Direction, Intent, utcnow
 
-USER = User.__table__  # type: ignore[attr-defined]
-AUDIT = AuditEvent.__table__  # type: ignore[attr-defined]
-REVIEW = MessageReview.__table__  # type: ignore[attr-defined]
-TAUGHT = TaughtSynonym.__table__  # type: ignore[attr-defined]
+USER, AUDIT, REVIEW, TAUGHT = CONSOLE_USER, AUDIT_EVENT, MESSAGE_REVIEW, TAUGHT_SYNONYM
 
 PAGE_SIZE = 50
-ERASURE_INTENT = "command:forget"
+ERASURE_INTENT = Intent.COMMAND_FORGET
 
 
 # -- search -----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Integer
 from sqlmodel import Column, Field, SQLModel
 
-from storage.models import UTCDateTime, utcnow
+from storage.types import UTCDateTime, utcnow
 
 
 class LinkCode(SQLModel, table=True):

@@ -11,16 +11,14 @@ import hashlib
 import secrets
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import cast
 
-from sqlalchemy import Table, and_, delete, select, tuple_, update
+from sqlalchemy import and_, delete, select, tuple_, update
 from sqlmodel import Session
 
-from storage.link_models import LinkCode
-from storage.models import utcnow
 from storage.tables import (
     CUSTOMER,
     IDENTITY,
+    LINK_CODE,
     MESSAGE,
     PLAN_DECLINE,
     PREFERENCE,
@@ -28,8 +26,8 @@ from storage.tables import (
     SWITCH_REQUEST,
     USAGE,
 )
+from storage.types import utcnow
 
-LINK_CODE: Table = cast(Table, LinkCode.__table__)  # type: ignore[attr-defined]
 DEFAULT_TTL = timedelta(hours=24)
 # Customer fields the merged customer takes from the merged-away one when it has none of its own.
 _FILL_FIELDS = ("name", "email", "telegram_username", "timezone", "current_plan_id", "phone", "external_id")

@@ -1,17 +1,16 @@
-"""SQLModel tables: customers, their channel identities, messages, preferences and dialog state."""
+"""SQLModel tables: customers, their channel identities, messages, preferences and dialog state,
+plans and usage. The other table modules (console, outreach, broadcasts, link codes) import this
+one, never the reverse; :mod:`storage.tables` imports them all."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
-    DateTime,
-    Dialect,
     ForeignKey,
     Index,
     Integer,
@@ -20,79 +19,40 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.types import TypeDecorator
 from sqlmodel import Column, Field, SQLModel
 
+# Re-exported: these lived here before storage.types, and much code imports them from here.
+from storage.types import (
+    Channel,
+    DeliveryStatus,
+    Direction,
+    Intent,
+    PendingKind,
+    Source,
+    UTCDateTime,
+    utcnow,
+)
 
-def utcnow() -> datetime:
-    """The current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp that is always timezone-aware UTC in Python, on SQLite as on PostgreSQL."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given; Rapport stores timezone-aware UTC times only")
-        value = value.astimezone(UTC)
-        # SQLite has no time zones: store UTC wall time, re-attach UTC on the way out.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class Channel(StrEnum):
-    """Where a message travels."""
-
-    TERMINAL = "terminal"
-    TELEGRAM = "telegram"
-    SMS = "sms"
-
-
-class Direction(StrEnum):
-    IN = "in"
-    OUT = "out"
-
-
-class Source(StrEnum):
-    """Where a preference came from."""
-
-    ASKED = "asked"
-    USAGE = "usage"
-    OPERATOR = "operator"
-    IMPORT = "import"
-
-
-class DeliveryStatus(StrEnum):
-    """The life of an outbound message (the outbox)."""
-
-    QUEUED = "queued"
-    SENDING = "sending"
-    SENT = "sent"
-    DELIVERED = "delivered"
-    UNDELIVERED = "undelivered"
-    FAILED = "failed"
-    UNKNOWN = "unknown"
-    CANCELLED = "cancelled"
-
-
-class PendingKind(StrEnum):
-    """What the bot is waiting for."""
-
-    ASK = "ask"  # an answer to the pending question
-    RECONFIRM = "reconfirm"  # yes/no: is the stale stored answer still right?
-    CONFIRM_FORGET = "confirm_forget"  # yes/no: erase everything?
-    CONFIRM_STOP = "confirm_stop"  # yes/no: opt out of all messages?
-    SUGGESTION = "suggestion"  # yes/no: switch to the suggested plan (pending_key "plan:<id>")?
+__all__ = [
+    "Channel",
+    "ChannelIdentity",
+    "Customer",
+    "DeliveryStatus",
+    "DialogState",
+    "Direction",
+    "Intent",
+    "Message",
+    "PendingKind",
+    "Plan",
+    "PlanDecline",
+    "Preference",
+    "Source",
+    "Suppression",
+    "SwitchRequest",
+    "UTCDateTime",
+    "Usage",
+    "utcnow",
+]
 
 
 class Customer(SQLModel, table=True):
@@ -296,9 +256,3 @@ class PlanDecline(SQLModel, table=True):
         default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="SET NULL"), nullable=True)
     )
     declined_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
-
-
-import storage.broadcast_models  # noqa: E402  (broadcast, broadcast_recipient)
-import storage.link_models  # noqa: E402  (registers the link_code table)
-import storage.outreach_models  # noqa: E402, F401  (outreach_event, billing_delivery)
-from storage.console_models import AuditEvent, ConsoleSession, MessageReview, TaughtSynonym, User  # noqa: E402, F401

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, Table
 from sqlmodel import Column, Field, SQLModel
 
-from storage.models import UTCDateTime, utcnow
+from storage.types import UTCDateTime, utcnow
 
 
 class OutreachEvent(SQLModel, table=True):

@@ -28,8 +28,9 @@ from sqlalchemy.types import TypeEngine
 from sqlmodel import Session
 
 from storage import queries
-from storage.models import Customer, DeliveryStatus, Direction, UTCDateTime
+from storage.models import Customer
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, STATE, USAGE
+from storage.types import DeliveryStatus, Direction, Intent, UTCDateTime
 
 _Processor = Callable[[Any], Any]
 _Keys = tuple[str, ...]
@@ -505,7 +506,7 @@ def unsent_suggestion(conn: Connection, *, customer_id: int) -> bool:
                 MESSAGE.c.customer_id == customer_id,
                 MESSAGE.c.direction == Direction.OUT,
                 MESSAGE.c.marketing.is_(True),
-                MESSAGE.c.intent == "suggestion",
+                MESSAGE.c.intent == Intent.SUGGESTION,
                 MESSAGE.c.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.SENDING)),
             )
             .limit(1)
@@ -532,7 +533,7 @@ def unseen_suggestion(conn: Connection, *, customer_id: int) -> bool:
         .where(
             MESSAGE.c.customer_id == customer_id,
             MESSAGE.c.direction == Direction.OUT,
-            MESSAGE.c.intent == "suggestion",
+            MESSAGE.c.intent == Intent.SUGGESTION,
         )
         .order_by(MESSAGE.c.id.desc())
         .limit(1)

@@ -35,7 +35,7 @@ from twilio.rest import Client
 from bot.channels.segments import count, fit
 from bot.runtime import Runtime
 from dialogs import texts
-from dialogs.commands import CommandKind, detect_command
+from dialogs.commands import CARRIER_KEYWORDS, detect_command
 from dialogs.engine import Inbound, ReplyOption, storable_text
 from schedulers.delivery import Outbox, Outgoing, SendError
 from schedulers.ratelimit import Limit, SharedLimiter
@@ -43,6 +43,7 @@ from storage import turns as store
 from storage.models import DeliveryStatus, Direction, utcnow
 from storage.phones import to_e164
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE
+from storage.types import ALLOWED_WHILE_OPTED_OUT
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,7 @@ CHANNEL = "sms"
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 TWILIO_API = "https://api.twilio.com"
 UNSUBSCRIBED = "21610"  # Twilio: the recipient replied STOP to this sender at the carrier
-# CTIA: an opted-out number still gets the opt-out confirmation, the opt-in one, and HELP answers.
-ALLOWED_WHILE_OPTED_OUT = frozenset({"opt_out", "opt_in", "help"})
 MAX_FORM_BYTES = 64 * 1024
-_CARRIER_KEYWORDS = (CommandKind.STOP, CommandKind.START, CommandKind.HELP)
 
 # Twilio's message states -> ours. Twilio's "queued"/"accepted"/"sending" mean queued at Twilio,
 # which for us is already "sent" (our "queued" means "the outbox still has to send it").
@@ -451,11 +449,7 @@ class SmsService:
     def _handle(self, sid: str, address: str, body: str, media: int) -> list[int]:
         """Run the message through the engine; the ids of the replies to send."""
         command = detect_command(body) if body.strip() else None
-        keyword = command is not None and command.kind in (
-            CommandKind.STOP,
-            CommandKind.START,
-            CommandKind.HELP,
-        )
+        keyword = command is not None and command.kind in CARRIER_KEYWORDS
         if (media > 0 or not body.strip()) and not keyword:
             return self._text_only(sid, address, body, media)
         result = self.runtime.dialog.handle(

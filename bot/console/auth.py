@@ -16,14 +16,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlmodel import Session
 
-from storage.console_models import ConsoleSession, Role, User
-from storage.models import utcnow
+from storage.console_models import Role, User
+from storage.tables import CONSOLE_SESSION as SESSION
+from storage.tables import CONSOLE_USER as USER
+from storage.types import utcnow
 
 if TYPE_CHECKING:
     from bot.settings import Settings
-
-USER = User.__table__  # type: ignore[attr-defined]
-SESSION = ConsoleSession.__table__  # type: ignore[attr-defined]
 
 MIN_PASSWORD = 12
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

@@ -31,15 +31,15 @@ from dialogs.bank import Question, QuestionBank
 from dialogs.parsing import format_value
 from storage import console_queries as q
 from storage.console_models import Role
-from storage.models import DeliveryStatus
 from storage.tables import CUSTOMER, PLAN, PLAN_DECLINE, PREFERENCE, SWITCH_REQUEST, USAGE
+from storage.types import Channel, DeliveryStatus
 
 COOKIE = "rapport_console"
 LOGIN_CSRF_COOKIE = "rapport_login_csrf"
 PREFIX = "/console"
 TEMPLATES = Path(__file__).parent / "templates"
 
-_CHANNELS = ("terminal", "telegram", "sms")
+_CHANNELS = tuple(Channel)
 _DELIVERY = tuple(DeliveryStatus)
 _EXPORT_FIELDS = (
     "id",

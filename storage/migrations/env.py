@@ -10,10 +10,10 @@ from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
-from storage import models  # noqa: F401  (registers the tables on the metadata)
+from storage import tables  # noqa: F401  (registers the tables on the metadata)
 from storage.console_models import include_in_autogenerate
 from storage.db import normalize_url
-from storage.models import UTCDateTime
+from storage.types import UTCDateTime
 
 config = context.config
 target_metadata = SQLModel.metadata
