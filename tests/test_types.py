@@ -10,8 +10,9 @@ from storage.types import ALLOWED_WHILE_OPTED_OUT, Channel, Intent
 
 
 def test_vocabularies_compare_and_store_as_their_strings() -> None:
-    assert Channel.SMS == "sms" and f"{Channel.TELEGRAM}" == "telegram"
-    assert Intent.COMMAND_FORGET == "command:forget"
+    stored: list[str] = ["sms", "command:forget"]  # as a column gives them back
+    assert stored == [Channel.SMS, Intent.COMMAND_FORGET]
+    assert f"{Channel.TELEGRAM}" == "telegram"
     assert "opt_in" in ALLOWED_WHILE_OPTED_OUT and "greeting" not in ALLOWED_WHILE_OPTED_OUT
 
 
