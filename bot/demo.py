@@ -8,20 +8,24 @@ some paying overage, some already on the best plan.
 
 from __future__ import annotations
 
+import csv
 import importlib.resources
 import random
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Engine
 
 from plans.catalog import UNLIMITED, CatalogFile, PlanSpec, apply_catalog, load_catalog_file
+from plans.imports import USAGE_COLUMNS, ImportSummary, import_customers, import_usage
 from storage.db import transaction
-from storage.models import Source, utcnow
-from storage.tables import CUSTOMER, PREFERENCE, USAGE
+from storage.queries import customer_ids, set_preference
+from storage.types import Source, utcnow
 
 DEMO_PHONE = "+14155550100"
 DEMO_CATALOG = "demo_catalog.toml"
@@ -72,7 +76,7 @@ _PLAN_WEIGHTS = {
 }
 # What "a share of the allowance" means where the allowance is unlimited (typical heavy use).
 _UNLIMITED_REFERENCE = {"data_gb": 30.0, "minutes": 600.0, "sms": 300.0}
-_CHUNK = 500  # ids per IN (...) list
+_BOOK_COLUMNS = ("external_id", "phone", "name", "current_plan", "timezone", "marketing_consent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +106,12 @@ def demo_periods(now: datetime, months: int = DEMO_MONTHS) -> tuple[int, ...]:
 
 
 def load_demo(db: Engine, *, customers: int = 300, seed: int = 7, now: datetime | None = None) -> DemoSummary:
-    """Load the demo catalog and customers with usage, in one transaction (idempotent).
+    """Load the demo catalog and customers with usage (idempotent), through the code a user's
+    ``rapport plans import`` and ``rapport import customers|usage`` run: the book and the usage
+    are written as CSV files and imported.
 
     A second run updates the same rows: plans by id, customers by external id (DEMO-0001...),
-    their preferences by key, and usage by (customer, period, metric). Usage covers the
+    their preferences by key, and usage by (customer, period). Usage covers the
     ``DEMO_MONTHS`` months before the month of ``now`` (default: the current time).
 
     Customer 1, Alex (+14155550100), starts with a blank profile, to try the whole dialogue, and
@@ -122,26 +128,48 @@ def load_demo(db: Engine, *, customers: int = 300, seed: int = 7, now: datetime 
     usage = _usage(book, plans, periods, seed)
     with transaction(db) as session:
         plan_summary = apply_catalog(session, catalog)
-        conn = session.connection()
-        ids, created = _upsert_customers(conn, book, now)
-        prefs = _upsert_preferences(conn, _preferences(ids, seed, now))
-        usage_rows = _replace_usage(conn, ids, periods, usage)
+    with tempfile.TemporaryDirectory(prefix="rapport-demo-") as folder:
+        book_file, usage_file = Path(folder, "customers.csv"), Path(folder, "usage.csv")
+        _write_csv(book_file, _BOOK_COLUMNS, ([row[c] for c in _BOOK_COLUMNS] for row in book))
+        _write_csv(usage_file, USAGE_COLUMNS, _usage_rows(book, periods, usage))
+        people = _imported(import_customers(db, book_file, default_region="US", now=now))
+        used = _imported(import_usage(db, usage_file))
+    with transaction(db) as session:
+        ids = customer_ids(session.connection(), external_ids=[row["external_id"] for row in book])
+        prefs = _preferences([ids[row["external_id"]] for row in book], seed, now)
+        for pref in prefs:
+            set_preference(session, source=Source.IMPORT, **pref)
     return DemoSummary(
-        customers_created=created,
-        customers_updated=customers - created,
-        preferences=prefs,
+        customers_created=people.created,
+        customers_updated=customers - people.created,
+        preferences=len(prefs),
         plans_created=plan_summary.created,
         plans_updated=plan_summary.updated,
-        usage_rows=usage_rows,
+        usage_rows=used.imported,
         periods=periods,
     )
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _imported(summary: ImportSummary) -> ImportSummary:
+    """The summary of an import of demo data, which must take every row."""
+    if summary.rejected and summary.rejects_path is not None:
+        first = summary.rejects_path.read_text(encoding="utf-8").splitlines()[1]
+        raise RuntimeError(f"the demo data has {summary.rejected} rejected rows; the first: {first}")
+    return summary
 
 
 # -- the book ------------------------------------------------------------------------------------
 
 
 def _book(customers: int, seed: int, plans: Mapping[str, PlanSpec]) -> list[dict[str, Any]]:
-    """The customer rows (without ids), Alex first."""
+    """The customer rows (``import customers`` columns), Alex first."""
     rng = random.Random(seed)
     ids, weights = zip(*((p, w) for p, w in _PLAN_WEIGHTS.items() if p in plans), strict=True)
     book = []
@@ -153,43 +181,11 @@ def _book(customers: int, seed: int, plans: Mapping[str, PlanSpec]) -> list[dict
                 "name": name,
                 "phone": f"+1415555{100 + i:04d}",
                 "timezone": rng.choice(_ZONES),
-                "marketing_consent": rng.random() < 0.8,
-                "current_plan_id": ALEX_PLAN if i == 0 else rng.choices(ids, weights)[0],
+                "marketing_consent": "true" if rng.random() < 0.8 else "false",
+                "current_plan": ALEX_PLAN if i == 0 else rng.choices(ids, weights)[0],
             }
         )
     return book
-
-
-def _upsert_customers(
-    conn: Connection, book: Sequence[dict[str, Any]], now: datetime
-) -> tuple[list[int], int]:
-    """Insert or update the book by external id; the ids in book order and how many were new.
-
-    A customer who texted the bot from a demo phone before the demo was loaded (a row with that
-    phone and no external id) becomes that demo customer.
-    """
-    by_external = {row.external_id: row.id for row in conn.execute(_DEMO_CUSTOMERS)}
-    by_phone = {row.phone: row.id for row in conn.execute(_PHONE_ONLY_CUSTOMERS)}
-    updates, inserts = [], []
-    for row in book:
-        known = by_external.get(row["external_id"]) or by_phone.get(row["phone"])
-        if known is None:
-            inserts.append({**row, "created_at": now})
-        else:
-            updates.append({**row, "b_id": known})
-    if updates:
-        conn.execute(_UPDATE_CUSTOMER, updates)
-    if inserts:
-        conn.execute(insert(CUSTOMER), inserts)
-    ids = {row.external_id: row.id for row in conn.execute(_DEMO_CUSTOMERS)}
-    return [ids[row["external_id"]] for row in book], len(inserts)
-
-
-_DEMO_CUSTOMERS = select(CUSTOMER.c.id, CUSTOMER.c.external_id).where(CUSTOMER.c.external_id.like("DEMO-%"))
-_PHONE_ONLY_CUSTOMERS = select(CUSTOMER.c.id, CUSTOMER.c.phone).where(
-    CUSTOMER.c.external_id.is_(None), CUSTOMER.c.phone.like("+1415555%")
-)
-_UPDATE_CUSTOMER = update(CUSTOMER).where(CUSTOMER.c.id == bindparam("b_id"))
 
 
 def _preferences(ids: Sequence[int], seed: int, now: datetime) -> list[dict[str, Any]]:
@@ -208,43 +204,7 @@ def _preferences(ids: Sequence[int], seed: int, now: datetime) -> list[dict[str,
 
 
 def _preference(customer_id: int, key: str, value: object, at: datetime) -> dict[str, Any]:
-    return {
-        "customer_id": customer_id,
-        "key": key,
-        "value": value,
-        "source": Source.IMPORT.value,
-        "message_id": None,
-        "channel": None,
-        "stated_at": at,
-        "confirmed_at": at,
-    }
-
-
-def _upsert_preferences(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert or update preferences by (customer, key); how many there are."""
-    keys = sorted({r["key"] for r in rows})
-    existing: set[tuple[int, str]] = set()
-    for chunk in _chunks(sorted({r["customer_id"] for r in rows})):
-        query = select(PREFERENCE.c.customer_id, PREFERENCE.c.key).where(
-            PREFERENCE.c.customer_id.in_(chunk), PREFERENCE.c.key.in_(keys)
-        )
-        existing.update((cid, key) for cid, key in conn.execute(query))
-    updates = [
-        {**r, "b_customer_id": r["customer_id"], "b_key": r["key"]}
-        for r in rows
-        if (r["customer_id"], r["key"]) in existing
-    ]
-    inserts = [r for r in rows if (r["customer_id"], r["key"]) not in existing]
-    if updates:
-        conn.execute(_UPDATE_PREFERENCE, updates)
-    if inserts:
-        conn.execute(insert(PREFERENCE), inserts)
-    return len(rows)
-
-
-_UPDATE_PREFERENCE = update(PREFERENCE).where(
-    and_(PREFERENCE.c.customer_id == bindparam("b_customer_id"), PREFERENCE.c.key == bindparam("b_key"))
-)
+    return {"customer_id": customer_id, "key": key, "value": value, "at": at}
 
 
 # -- usage ---------------------------------------------------------------------------------------
@@ -271,7 +231,7 @@ def _usage(
     reference = np.empty((n, 3))
     travel_odds = np.empty(n)
     for b, row in enumerate(book):
-        spec = plans[row["current_plan_id"]]
+        spec = plans[row["current_plan"]]
         for k, metric in enumerate(METRICS[:3]):
             reference[b, k] = _allowance(spec, metric) or _UNLIMITED_REFERENCE[metric]
         travel_odds[b] = 0.6 if "intl_calls" in spec.perks else 0.25 if "eu_roaming" in spec.perks else 0.1
@@ -294,25 +254,13 @@ def _usage(
     return milli
 
 
-def _replace_usage(
-    conn: Connection,
-    ids: Sequence[int],
-    periods: Sequence[int],
-    usage: np.ndarray[Any, np.dtype[np.int64]],
-) -> int:
-    """Replace the customers' usage in ``periods`` (every metric); the number of rows written."""
-    for chunk in _chunks(ids):
-        conn.execute(delete(USAGE).where(USAGE.c.customer_id.in_(chunk), USAGE.c.period.in_(periods)))
-    rows = [
-        {"customer_id": cid, "period": period, "metric": metric, "quantity_milli": int(usage[b, m, k])}
-        for b, cid in enumerate(ids)
-        for m, period in enumerate(periods)
-        for k, metric in enumerate(METRICS)
-    ]
-    conn.execute(insert(USAGE), rows)
-    return len(rows)
-
-
-def _chunks(values: Sequence[int]) -> Iterable[list[int]]:
-    for start in range(0, len(values), _CHUNK):
-        yield list(values[start : start + _CHUNK])
+def _usage_rows(
+    book: Sequence[Mapping[str, Any]], periods: Sequence[int], usage: np.ndarray[Any, np.dtype[np.int64]]
+) -> Iterator[tuple[str, str, str, str]]:
+    """The usage as ``import usage`` rows: external_id, period (YYYY-MM), metric, quantity."""
+    for b, row in enumerate(book):
+        for m, period in enumerate(periods):
+            month = f"{period // 100}-{period % 100:02d}"
+            for k, metric in enumerate(METRICS):
+                milli = int(usage[b, m, k])
+                yield row["external_id"], month, metric, f"{milli // 1000}.{milli % 1000:03d}"

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
@@ -30,11 +31,9 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
-    Row,
     String,
     Table,
     Text,
-    bindparam,
     cast,
     delete,
     exists,
@@ -43,12 +42,11 @@ from sqlalchemy import (
     literal,
     select,
     tuple_,
-    union,
     update,
 )
 
-from storage.models import utcnow
 from storage.phones import to_e164
+from storage.queries import save_customer
 from storage.tables import CUSTOMER, PLAN, USAGE
 
 Progress: TypeAlias = Callable[[int, int], None]
@@ -84,6 +82,7 @@ class ImportSummary:
     rejected: int
     rejects_path: Path | None
     ignored_columns: tuple[str, ...] = ()
+    created: int = 0  # customers: how many of ``imported`` were new (the others were updated)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -278,42 +277,13 @@ def _customer_values(row: Mapping[str, str], *, region: str, plans: set[str]) ->
     return values
 
 
-_WHO = (CUSTOMER.c.id, CUSTOMER.c.external_id, CUSTOMER.c.phone)
-_FIND_CUSTOMERS = union(  # two unique-index lookups (an OR may plan as a scan on an empty table)
-    select(*_WHO).where(CUSTOMER.c.external_id == bindparam("b_external_id")),
-    select(*_WHO).where(CUSTOMER.c.phone == bindparam("b_phone")),
-)
-_INSERT_CUSTOMER = insert(CUSTOMER)
-_UPDATE_CUSTOMER = update(CUSTOMER).where(CUSTOMER.c.id == bindparam("b_id"))
-
-
-def _upsert_customer(conn: Connection, values: dict[str, Any]) -> str | None:
-    """Insert or update one customer; the reason when its phone belongs to another customer."""
-    customer_id: int | None = None
-    owner: Row[Any] | None = None
-    params = {"b_external_id": values["external_id"], "b_phone": values["phone"]}
-    for row in conn.execute(_FIND_CUSTOMERS, params):
-        if row.external_id == values["external_id"]:
-            customer_id = row.id
-        if row.phone == values["phone"]:
-            owner = row
-    if owner is not None and owner.id != customer_id:
-        if customer_id is None and owner.external_id is None:
-            # Someone who texted the bot before the book was imported: the same person (the
-            # channel vouched for the number), so the row adopts that customer.
-            customer_id = owner.id
-        else:
-            other = owner.external_id or f"#{owner.id}, who has no external_id"
-            return f"phone {values['phone']} already belongs to another customer ({other})"
-    if customer_id is None:
-        conn.execute(_INSERT_CUSTOMER, {"created_at": utcnow(), "marketing_consent": False, **values})
-    else:
-        conn.execute(_UPDATE_CUSTOMER, {"b_id": customer_id, **values})
-    return None
-
-
 def import_customers(
-    engine: Engine, path: str | Path, *, default_region: str, progress: Progress | None = None
+    engine: Engine,
+    path: str | Path,
+    *,
+    default_region: str,
+    progress: Progress | None = None,
+    now: datetime | None = None,
 ) -> ImportSummary:
     """Import the customer book (CSV), upserting customers by ``external_id``.
 
@@ -322,11 +292,13 @@ def import_customers(
     in ``default_region`` and stored as E.164. An optional column absent from the file leaves that
     field as stored; an empty cell clears it (marketing_consent: false). When an external_id
     appears on several rows, each row updates the customer in turn, so the last one wins.
+    A customer known only by the row's phone (who texted first) is adopted. New customers are
+    created at ``now`` (default: the current time).
     """
     path = Path(path)
     reader = _CsvReader(path)
     rejects = _Rejects(path)
-    rows = imported = 0
+    rows = imported = created = 0
     with closing(reader.records()) as records:
         header = _read_header(path, records, CUSTOMER_COLUMNS, CUSTOMER_OPTIONAL)
         with engine.connect() as conn:
@@ -341,7 +313,11 @@ def import_customers(
                         if isinstance(row, str)
                         else _customer_values(row, region=default_region, plans=plans)
                     )
-                    reason = values if isinstance(values, str) else _upsert_customer(conn, values)
+                    if isinstance(values, str):
+                        reason: str | None = values
+                    else:
+                        saved = save_customer(conn, values=values, now=now)
+                        reason, created = saved.conflict, created + saved.created
                     if reason is None:
                         imported += 1
                     else:
@@ -355,7 +331,7 @@ def import_customers(
                 rejects_path = rejects.close()
     if progress is not None:
         progress(reader.bytes_read, reader.total_bytes)
-    return ImportSummary(rows, imported, rejects.count, rejects_path, header.ignored)
+    return ImportSummary(rows, imported, rejects.count, rejects_path, header.ignored, created)
 
 
 # -- usage -----------------------------------------------------------------------------------------

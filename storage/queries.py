@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, delete, update
+from sqlalchemy import Connection, bindparam, delete, insert, union, update
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from storage.models import (
@@ -18,6 +21,7 @@ from storage.models import (
     Suppression,
     utcnow,
 )
+from storage.tables import CUSTOMER
 
 
 def address_hash(channel: str, address: str) -> str:
@@ -99,17 +103,86 @@ def transcript(session: Session, *, customer_id: int) -> Sequence[Message]:
     ).all()
 
 
+@dataclass(frozen=True, slots=True)
+class SavedCustomer:
+    """What :func:`save_customer` did: the customer's id and whether it is new, or why nothing
+    was saved (``conflict``)."""
+
+    id: int | None
+    created: bool = False
+    conflict: str | None = None
+
+
+_WHO = (CUSTOMER.c.id, CUSTOMER.c.external_id, CUSTOMER.c.phone)
+_BY_EXTERNAL_ID = core_select(*_WHO).where(CUSTOMER.c.external_id == bindparam("b_external_id"))
+_BY_EXTERNAL_ID_OR_PHONE = union(  # two unique-index lookups (an OR may plan as a scan on an empty table)
+    _BY_EXTERNAL_ID, core_select(*_WHO).where(CUSTOMER.c.phone == bindparam("b_phone"))
+)
+_INSERT_CUSTOMER = insert(CUSTOMER)
+_UPDATE_CUSTOMER = update(CUSTOMER).where(CUSTOMER.c.id == bindparam("b_id"))
+
+
+def save_customer(
+    conn: Connection, *, values: Mapping[str, Any], now: datetime | None = None
+) -> SavedCustomer:
+    """Insert or update the customer with ``values["external_id"]``, setting the columns given.
+
+    The one customer upsert (imports, the demo, tests). A customer known only by the phone in
+    ``values`` (someone who texted before the book was imported: the channel vouched for the
+    number) is the same person and is adopted; a phone that belongs to a customer with another
+    external id is a conflict and nothing is written.
+    """
+    external_id, phone = values["external_id"], values.get("phone")
+    customer_id: int | None = None
+    owner: Any = None
+    if phone is None:
+        found = conn.execute(_BY_EXTERNAL_ID, {"b_external_id": external_id}).all()
+    else:
+        found = conn.execute(_BY_EXTERNAL_ID_OR_PHONE, {"b_external_id": external_id, "b_phone": phone}).all()
+    for row in found:
+        if row.external_id == external_id:
+            customer_id = row.id
+        if phone is not None and row.phone == phone:
+            owner = row
+    if owner is not None and owner.id != customer_id:
+        if customer_id is None and owner.external_id is None:
+            customer_id = owner.id
+        else:
+            other = owner.external_id or f"#{owner.id}, who has no external_id"
+            return SavedCustomer(
+                None, conflict=f"phone {phone} already belongs to another customer ({other})"
+            )
+    if customer_id is None:
+        params = {"created_at": now or utcnow(), "marketing_consent": False, **values}
+        key = conn.execute(_INSERT_CUSTOMER, params).inserted_primary_key
+        assert key is not None
+        return SavedCustomer(int(key[0]), created=True)
+    conn.execute(_UPDATE_CUSTOMER, {"b_id": customer_id, **values})
+    return SavedCustomer(customer_id)
+
+
+def customer_ids(conn: Connection, *, external_ids: Sequence[str]) -> dict[str, int]:
+    """The ids of the customers with these external ids (those that exist), by external id."""
+    found: dict[str, int] = {}
+    for start in range(0, len(external_ids), 500):
+        chunk = list(external_ids[start : start + 500])
+        query = core_select(CUSTOMER.c.external_id, CUSTOMER.c.id).where(CUSTOMER.c.external_id.in_(chunk))
+        found.update((external_id, customer_id) for external_id, customer_id in conn.execute(query))
+    return found
+
+
 def upsert_customer(session: Session, *, external_id: str, **fields: object) -> tuple[Customer, bool]:
-    """Create or update the customer with ``external_id``; True when it was created."""
-    customer = session.exec(select(Customer).where(Customer.external_id == external_id)).first()
-    created = customer is None
-    if customer is None:
-        customer = Customer(external_id=external_id)
-    for name, value in fields.items():
-        setattr(customer, name, value)
-    session.add(customer)
+    """:func:`save_customer` for ORM code: the customer, and True when it was created.
+
+    ValueError when the phone belongs to another customer.
+    """
     session.flush()
-    return customer, created
+    saved = save_customer(session.connection(), values={"external_id": external_id, **fields})
+    if saved.conflict is not None:
+        raise ValueError(saved.conflict)
+    customer = session.get(Customer, saved.id, populate_existing=True)
+    assert customer is not None
+    return customer, saved.created
 
 
 def set_preference(

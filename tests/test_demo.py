@@ -174,3 +174,15 @@ def test_alex_is_suggested_a_cheaper_plan(db: Engine) -> None:
 def test_demo_refuses_an_empty_book(db: Engine) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         load_demo(db, customers=0, now=NOW)
+
+
+def test_demo_loads_through_the_import_and_its_checks(db: Engine) -> None:
+    # Someone else already has Alex's phone: the customer import refuses that row, so does the demo.
+    with transaction(db) as s:
+        s.connection().execute(
+            insert(CUSTOMER).values(
+                external_id="SHOP-1", phone=DEMO_PHONE, marketing_consent=False, created_at=NOW
+            )
+        )
+    with pytest.raises(RuntimeError, match=r"1 rejected rows; the first: 2,phone .* already belongs"):
+        load_demo(db, customers=3, now=NOW)

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from storage.db import current_revision, ensure_schema, head_revision, make_engine, normalize_url, transaction
 from storage.models import ChannelIdentity, Customer, Preference
-from storage.queries import set_preference
+from storage.queries import save_customer, set_preference, upsert_customer
 
 
 def create_customer(s: Session, *, channel: str, address: str, name: str | None = None) -> Customer:
@@ -130,3 +130,25 @@ def test_migrations_match_the_models(db: Engine) -> None:
         )
         diff = compare_metadata(context, SQLModel.metadata)
     assert diff == []
+
+
+def test_one_customer_upsert_creates_updates_adopts_and_refuses_a_taken_phone(db: Engine) -> None:
+    with transaction(db) as s:
+        texted_first = create_customer(s, channel="sms", address="+14155550170")
+        texted_first.phone = "+14155550170"
+        s.add(texted_first)
+        s.flush()
+        conn = s.connection()
+        made = save_customer(conn, values={"external_id": "C-1", "phone": "+14155550171", "name": "Ana"})
+        again = save_customer(conn, values={"external_id": "C-1", "name": "Ana B"})
+        adopted = save_customer(conn, values={"external_id": "C-2", "phone": "+14155550170"})
+        taken = save_customer(conn, values={"external_id": "C-3", "phone": "+14155550171"})
+    assert made.created and made.id is not None
+    assert (again.id, again.created) == (made.id, False)
+    assert (adopted.id, adopted.created) == (texted_first.id, False)
+    assert taken.id is None and taken.conflict is not None and "C-1" in taken.conflict
+    with transaction(db) as s:
+        ana, created = upsert_customer(s, external_id="C-1", timezone="Europe/Lisbon")
+        assert not created and (ana.id, ana.name, ana.phone) == (made.id, "Ana B", "+14155550171")
+        with pytest.raises(ValueError, match="already belongs"):
+            upsert_customer(s, external_id="C-4", phone="+14155550171")
