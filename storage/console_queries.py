@@ -36,7 +36,12 @@ from storage.tables import (
     IDENTITY,
     MESSAGE,
     MESSAGE_REVIEW,
+    PLAN,
+    PLAN_DECLINE,
+    PREFERENCE,
+    SWITCH_REQUEST,
     TAUGHT_SYNONYM,
+    USAGE,
 )
 from storage.types import Direction, Intent, utcnow
 
@@ -240,6 +245,56 @@ def iter_transcript(conn: Connection, customer_id: int, *, chunk: int = 1000) ->
         if len(rows) < chunk:
             return
         after = rows[-1]["id"]
+
+
+def customer(conn: Connection, *, customer_id: int) -> RowMapping | None:
+    """A customer's row."""
+    return conn.execute(select(CUSTOMER).where(CUSTOMER.c.id == customer_id)).mappings().first()
+
+
+def customer_preferences(conn: Connection, *, customer_id: int) -> list[RowMapping]:
+    """A customer's stored preferences, by key."""
+    query = select(PREFERENCE).where(PREFERENCE.c.customer_id == customer_id).order_by(PREFERENCE.c.key)
+    return list(conn.execute(query).mappings().all())
+
+
+def plan(conn: Connection, *, plan_id: str) -> RowMapping | None:
+    """A plan of the catalog."""
+    return conn.execute(select(PLAN).where(PLAN.c.id == plan_id)).mappings().first()
+
+
+def customer_usage(conn: Connection, *, customer_id: int) -> list[RowMapping]:
+    """A customer's usage rows, by month and metric."""
+    query = select(USAGE).where(USAGE.c.customer_id == customer_id).order_by(USAGE.c.period, USAGE.c.metric)
+    return list(conn.execute(query).mappings().all())
+
+
+def switch_requests(conn: Connection, *, customer_id: int) -> list[RowMapping]:
+    """The plan switches a customer asked for (YES to a suggestion), newest first."""
+    query = (
+        select(SWITCH_REQUEST)
+        .where(SWITCH_REQUEST.c.customer_id == customer_id)
+        .order_by(SWITCH_REQUEST.c.id.desc())
+    )
+    return list(conn.execute(query).mappings().all())
+
+
+def plan_declines(conn: Connection, *, customer_id: int) -> list[RowMapping]:
+    """The plans a customer declined (NO to a suggestion), newest first."""
+    query = (
+        select(PLAN_DECLINE)
+        .where(PLAN_DECLINE.c.customer_id == customer_id)
+        .order_by(PLAN_DECLINE.c.id.desc())
+    )
+    return list(conn.execute(query).mappings().all())
+
+
+def suggestions(conn: Connection, *, customer_id: int, limit: int = 500) -> list[RowMapping]:
+    """The plan suggestions sent to a customer (replies and proactive ones), newest first."""
+    query = _search_select(conn, SearchFilter(customer_id=customer_id)).where(
+        MESSAGE.c.intent == Intent.SUGGESTION
+    )
+    return list(conn.execute(query.order_by(MESSAGE.c.id.desc()).limit(limit)).mappings().all())
 
 
 # -- review queue -----------------------------------------------------------------------------------
