@@ -16,6 +16,7 @@ from sqlalchemy import (
     Select,
     and_,
     column,
+    delete,
     exists,
     false,
     func,
@@ -30,6 +31,7 @@ from sqlalchemy import (
 from storage.console_models import FTS_TABLE
 from storage.tables import (
     AUDIT_EVENT,
+    CONSOLE_SESSION,
     CONSOLE_USER,
     CUSTOMER,
     DELIVERY_ATTEMPT,
@@ -440,3 +442,70 @@ def disable_user(conn: Connection, *, user_id: int, now: datetime) -> bool:
         update(USER).where(USER.c.id == user_id, USER.c.disabled_at.is_(None)).values(disabled_at=now)
     )
     return result.rowcount > 0
+
+
+def user_exists(conn: Connection, *, email: str) -> bool:
+    """Whether a console account has this (lower-case) e-mail."""
+    return conn.execute(select(USER.c.id).where(USER.c.email == email)).first() is not None
+
+
+def user_for_login(conn: Connection, *, email: str) -> RowMapping | None:
+    """The account with this e-mail, locked until the transaction ends (failures are counted)."""
+    return conn.execute(select(USER).where(USER.c.email == email).with_for_update()).mappings().first()
+
+
+def update_user(conn: Connection, *, user_id: int, values: Mapping[str, Any]) -> None:
+    """Set columns of a console account."""
+    conn.execute(update(USER).where(USER.c.id == user_id).values(**values))
+
+
+def count_users(conn: Connection) -> int:
+    """How many console accounts exist."""
+    return int(conn.execute(select(func.count()).select_from(USER)).scalar_one())
+
+
+# -- console sessions -------------------------------------------------------------------------------
+
+
+def add_session(conn: Connection, *, token_hash: str, user_id: int, csrf_token: str, now: datetime) -> None:
+    """Store a new console session (by the hash of its cookie token)."""
+    conn.execute(
+        insert(CONSOLE_SESSION).values(
+            token_hash=token_hash, user_id=user_id, csrf_token=csrf_token, created_at=now, last_seen_at=now
+        )
+    )
+
+
+def session_user(conn: Connection, *, token_hash: str) -> RowMapping | None:
+    """A session with its enabled account: last_seen_at, csrf_token, id, email, role."""
+    s = CONSOLE_SESSION.c
+    query = (
+        select(s.last_seen_at, s.csrf_token, USER.c.id, USER.c.email, USER.c.role)
+        .select_from(CONSOLE_SESSION.join(USER, USER.c.id == s.user_id))
+        .where(s.token_hash == token_hash, USER.c.disabled_at.is_(None))
+    )
+    return conn.execute(query).mappings().first()
+
+
+def touch_session(conn: Connection, *, token_hash: str, now: datetime) -> None:
+    """Record that a session was used at ``now``."""
+    conn.execute(
+        update(CONSOLE_SESSION).where(CONSOLE_SESSION.c.token_hash == token_hash).values(last_seen_at=now)
+    )
+
+
+def end_session(conn: Connection, *, token_hash: str) -> None:
+    """Delete a session."""
+    conn.execute(delete(CONSOLE_SESSION).where(CONSOLE_SESSION.c.token_hash == token_hash))
+
+
+def end_user_sessions(conn: Connection, *, user_id: int) -> None:
+    """Delete every session of an account."""
+    conn.execute(delete(CONSOLE_SESSION).where(CONSOLE_SESSION.c.user_id == user_id))
+
+
+def purge_sessions(conn: Connection, *, idle_since: datetime) -> int:
+    """Delete the sessions not used since ``idle_since``; how many."""
+    return int(
+        conn.execute(delete(CONSOLE_SESSION).where(CONSOLE_SESSION.c.last_seen_at < idle_since)).rowcount
+    )

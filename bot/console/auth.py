@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection
 from sqlmodel import Session
 
+from storage import console_queries as q
 from storage.console_models import Role, User
-from storage.tables import CONSOLE_SESSION as SESSION
-from storage.tables import CONSOLE_USER as USER
 from storage.types import utcnow
 
 if TYPE_CHECKING:
@@ -77,7 +76,7 @@ def add_user(session: Session, email: str, role: str, password: str | None) -> t
         password = generated = secrets.token_urlsafe(15)
     if len(password) < MIN_PASSWORD:
         raise ValueError(f"the password needs at least {MIN_PASSWORD} characters")
-    if session.execute(select(USER.c.id).where(USER.c.email == email)).first() is not None:
+    if q.user_exists(session.connection(), email=email):
         raise ValueError(f"{email} already has an account")
     user = User(email=email, role=role, password_hash=hash_password(password))
     session.add(user)
@@ -103,7 +102,7 @@ def authenticate(conn: Connection, *, email: str, password: str, config: Console
     """Check a login; counts failures and locks the account after ``max_failures`` in a row."""
     email = email.strip().lower()
     now = config.clock()
-    row = conn.execute(select(USER).where(USER.c.email == email).with_for_update()).mappings().first()
+    row = q.user_for_login(conn, email=email)
     if row is None:
         _verify(_DUMMY_HASH, password)
         return LoginResult(LoginOutcome.BAD, email=email)
@@ -116,14 +115,14 @@ def authenticate(conn: Connection, *, email: str, password: str, config: Console
         if failures >= config.max_failures:
             values = {"failed_logins": 0, "locked_until": now + config.lockout}
             outcome = LoginOutcome.LOCKED
-        conn.execute(update(USER).where(USER.c.id == row["id"]).values(**values))
+        q.update_user(conn, user_id=row["id"], values=values)
         return LoginResult(outcome, row["id"], email)
     if row["disabled_at"] is not None:
         return LoginResult(LoginOutcome.DISABLED, row["id"], email)
     values = {"failed_logins": 0, "locked_until": None, "last_login_at": now}
     if _hasher.check_needs_rehash(row["password_hash"]):
         values["password_hash"] = hash_password(password)
-    conn.execute(update(USER).where(USER.c.id == row["id"]).values(**values))
+    q.update_user(conn, user_id=row["id"], values=values)
     return LoginResult(LoginOutcome.OK, row["id"], email)
 
 
@@ -134,14 +133,8 @@ def _digest(token: str) -> str:
 def start_session(conn: Connection, *, user_id: int, now: datetime) -> str:
     """A new session for the user; returns the cookie token (only its hash is stored)."""
     token = secrets.token_urlsafe(32)
-    conn.execute(
-        insert(SESSION).values(
-            token_hash=_digest(token),
-            user_id=user_id,
-            csrf_token=secrets.token_urlsafe(32),
-            created_at=now,
-            last_seen_at=now,
-        )
+    q.add_session(
+        conn, token_hash=_digest(token), user_id=user_id, csrf_token=secrets.token_urlsafe(32), now=now
     )
     return token
 
@@ -164,40 +157,31 @@ def resume_session(conn: Connection, *, token: str, config: ConsoleConfig) -> Pr
     """The session's user, touching it; None (and the session ended) when idle too long."""
     now = config.clock()
     digest = _digest(token)
-    row = (
-        conn.execute(
-            select(SESSION.c.last_seen_at, SESSION.c.csrf_token, USER.c.id, USER.c.email, USER.c.role)
-            .select_from(SESSION.join(USER, USER.c.id == SESSION.c.user_id))
-            .where(SESSION.c.token_hash == digest, USER.c.disabled_at.is_(None))
-        )
-        .mappings()
-        .first()
-    )
+    row = q.session_user(conn, token_hash=digest)
     if row is None:
         return None
     if now - row["last_seen_at"] > config.idle_timeout:
         end_session(conn, token_hash=digest)
         return None
-    conn.execute(update(SESSION).where(SESSION.c.token_hash == digest).values(last_seen_at=now))
+    q.touch_session(conn, token_hash=digest, now=now)
     return Principal(row["id"], row["email"], Role(row["role"]), row["csrf_token"], digest)
 
 
 def end_session(conn: Connection, *, token_hash: str) -> None:
     """Log a session out."""
-    conn.execute(delete(SESSION).where(SESSION.c.token_hash == token_hash))
+    q.end_session(conn, token_hash=token_hash)
 
 
 def end_user_sessions(conn: Connection, *, user_id: int) -> None:
     """Log every session of a user out (on disabling the account)."""
-    conn.execute(delete(SESSION).where(SESSION.c.user_id == user_id))
+    q.end_user_sessions(conn, user_id=user_id)
 
 
 def purge_idle_sessions(conn: Connection, *, config: ConsoleConfig) -> int:
     """Delete sessions idle past the timeout; returns how many."""
-    cutoff = config.clock() - config.idle_timeout
-    return int(conn.execute(delete(SESSION).where(SESSION.c.last_seen_at < cutoff)).rowcount)
+    return q.purge_sessions(conn, idle_since=config.clock() - config.idle_timeout)
 
 
 def count_users(conn: Connection) -> int:
     """How many console accounts exist."""
-    return int(conn.execute(select(func.count()).select_from(USER)).scalar_one())
+    return q.count_users(conn)
