@@ -11,7 +11,7 @@ import typer
 from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
-from bot.cli_data import import_app, plans_app
+from bot.cli.data import import_app, plans_app
 from bot.settings import get_settings
 from plans.catalog import apply_catalog, load_catalog_file
 from plans.imports import CsvImportError, import_customers, import_usage

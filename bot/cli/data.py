@@ -1,8 +1,5 @@
-"""``rapport plans`` and ``rapport import``: load the plan catalog, import customers and usage.
-
-``bot.cli`` mounts these sub-apps; each command imports its helpers from ``bot.cli`` when it runs,
-so either module can be imported first.
-"""
+"""``rapport plans``, ``rapport import`` and ``rapport demo``: load the plan catalog, import
+customers and usage, load the demo data."""
 
 from __future__ import annotations
 
@@ -14,8 +11,8 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from sqlalchemy import Engine
 
+from bot.cli.common import console, database, err, fail, load_runtime, load_settings
 from bot.fit_report import Format, write_report
 from plans.catalog import CatalogError, apply_catalog, load_catalog_file
 from plans.imports import CsvImportError, ImportSummary, import_customers, import_usage
@@ -26,30 +23,11 @@ import_app = typer.Typer(help="Import customers and usage from CSV files.", no_a
 FileArgument = Annotated[Path, typer.Argument(help="The file to read.", dir_okay=False)]
 
 
-def _fail(problem: object, hint: str = "Fix the file and run the command again.") -> typer.Exit:
-    from bot.cli import err
-
-    err.print(str(problem), style="red", markup=False, soft_wrap=True)
-    err.print(hint, markup=False, soft_wrap=True)
-    return typer.Exit(2)
-
-
-@contextmanager
-def _database() -> Iterator[Engine]:
-    from bot.cli import _settings
-    from storage.db import open_database
-
-    engine = open_database(_settings().database_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+FIX_THE_FILE = "Fix the file and run the command again."
 
 
 @contextmanager
 def _progress_bar(path: Path) -> Iterator[Callable[[int, int], None]]:
-    from bot.cli import err
-
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -67,8 +45,6 @@ def _progress_bar(path: Path) -> Iterator[Callable[[int, int], None]]:
 
 
 def _report(path: Path, summary: ImportSummary) -> None:
-    from bot.cli import console
-
     console.print(
         f"{path.name}: {summary.rows} rows, {summary.imported} imported, {summary.rejected} rejected.",
         markup=False,
@@ -87,21 +63,20 @@ def _report(path: Path, summary: ImportSummary) -> None:
 
 def _check_file(path: Path) -> None:
     if not path.is_file():
-        raise _fail(f"No such file: {path}", "Check the path (relative to the current directory).")
+        raise fail(f"No such file: {path}", "Check the path (relative to the current directory).")
 
 
 @plans_app.command("load")
 def plans_load(file: FileArgument) -> None:
     """Load a plan catalog (TOML): plans are upserted by id; plans not in the file are kept."""
-    from bot.cli import console
     from storage.db import transaction
 
     _check_file(file)
     try:
         catalog = load_catalog_file(file)
     except CatalogError as exc:
-        raise _fail(f"The catalog was not loaded:\n{exc}") from None
-    with _database() as engine, transaction(engine) as session:
+        raise fail(f"The catalog was not loaded:\n{exc}", FIX_THE_FILE) from None
+    with database() as engine, transaction(engine) as session:
         summary = apply_catalog(session, catalog)
     console.print(
         f"{file.name}: {summary.created} created, {summary.updated} updated, "
@@ -121,22 +96,21 @@ def plans_fit(
     import sys
     from dataclasses import replace
 
-    from bot.cli import _settings, err
     from dialogs.bank import QuestionBank
     from plans.fit import fit_book, load_catalog
 
-    settings = _settings()
-    config = settings.fit_config()
+    configured = load_settings()
+    config = configured.fit_config()
     if lookback is not None:
         config = replace(config, lookback=lookback)
-    roles = QuestionBank.load(settings.question_bank).fit_roles()
-    with _database() as engine, engine.connect() as conn:
+    roles = QuestionBank.load(configured.question_bank).fit_roles()
+    with database() as engine, engine.connect() as conn:
         catalog = load_catalog(conn)
         if not catalog.plans:
-            raise _fail("No plans in the catalog.", "Load one first: rapport plans load FILE")
+            raise fail("No plans in the catalog.", "Load one first: rapport plans load FILE")
         totals = write_report(fit_book(conn, catalog, roles, config, external_id=customer), sys.stdout, fmt)
     if customer is not None and totals.customers == 0:
-        raise _fail(f"No customer with external id {customer!r}.", "Check the id (rapport import customers).")
+        raise fail(f"No customer with external id {customer!r}.", "Check the id (rapport import customers).")
     err.print(
         f"{totals.customers} customers, {totals.suggestions} suggestions, "
         f"{totals.monthly_saving.quantize(Decimal('0.01'))} a month in savings suggested.",
@@ -151,15 +125,13 @@ def import_customers_command(file: FileArgument) -> None:
     Columns: external_id, phone, name, current_plan; optional: timezone, marketing_consent, email,
     telegram_username. Load the plan catalog first.
     """
-    from bot.cli import _settings
-
     _check_file(file)
-    region = _settings().default_region
+    region = load_settings().default_region
     try:
-        with _database() as engine, _progress_bar(file) as progress:
+        with database() as engine, _progress_bar(file) as progress:
             summary = import_customers(engine, file, default_region=region, progress=progress)
     except CsvImportError as exc:
-        raise _fail(f"Nothing was imported: {exc}") from None
+        raise fail(f"Nothing was imported: {exc}", FIX_THE_FILE) from None
     _report(file, summary)
 
 
@@ -171,8 +143,28 @@ def import_usage_command(file: FileArgument) -> None:
     """
     _check_file(file)
     try:
-        with _database() as engine, _progress_bar(file) as progress:
+        with database() as engine, _progress_bar(file) as progress:
             summary = import_usage(engine, file, progress=progress)
     except CsvImportError as exc:
-        raise _fail(f"Nothing was imported: {exc}") from None
+        raise fail(f"Nothing was imported: {exc}", FIX_THE_FILE) from None
     _report(file, summary)
+
+
+def demo() -> None:
+    """Load demo customers into the configured database, then say what to try."""
+    from bot.demo import DEMO_PHONE, load_demo
+
+    rt = load_runtime()
+    summary = load_demo(rt.db)
+    console.print(
+        f"Demo data loaded into {rt.db.url.render_as_string(hide_password=True)}: "
+        f"{summary.plans_created} plans created, {summary.plans_updated} updated; "
+        f"{summary.customers_created} customers created, {summary.customers_updated} updated, "
+        f"{summary.preferences} preferences on file; {summary.usage_rows} usage rows."
+    )
+    console.print("Try next:")
+    console.print(
+        f'  rapport chat --phone {DEMO_PHONE}     talk to the bot as Alex; ask "which plan fits me?"'
+    )
+    console.print("  rapport plans fit                     the plan fit of every demo customer")
+    console.print("  rapport run                           serve the web app on http://127.0.0.1:8000")

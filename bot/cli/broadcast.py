@@ -8,34 +8,19 @@ from __future__ import annotations
 import getpass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
+from bot.cli.common import console, fail, load_runtime
 
 broadcast_app = typer.Typer(help="Staff broadcasts to customer segments.", no_args_is_help=True)
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _runtime() -> Runtime:
-    from bot.cli import _runtime as runtime  # late: bot.cli mounts this app
-
-    return runtime()
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]{exc}[/red]")
-    return typer.Exit(2)
 
 
 @broadcast_app.command("create")
@@ -53,7 +38,7 @@ def create(
     from schedulers.broadcasts import BroadcastError
     from schedulers.broadcasts import create as create_broadcast
 
-    rt = _runtime()
+    rt = load_runtime()
     try:
         broadcast_id = create_broadcast(
             rt.db,
@@ -65,7 +50,7 @@ def create(
             now=_now(),
         )
     except BroadcastError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(f"Broadcast {broadcast_id} created (draft). Next: rapport broadcast dry-run {broadcast_id}")
 
 
@@ -75,7 +60,7 @@ def list_() -> None:
     from schedulers.broadcasts import list_broadcasts
 
     table = Table("id", "name", "status", "created", "by", "scheduled")
-    for b in list_broadcasts(_runtime().db):
+    for b in list_broadcasts(load_runtime().db):
         table.add_row(
             str(b["id"]), b["name"], b["status"], f"{b['created_at']:%Y-%m-%d %H:%M}", b["created_by"],
             f"{b['scheduled_at']:%Y-%m-%d %H:%M}" if b["scheduled_at"] else "",
@@ -92,7 +77,7 @@ def preview(
     from schedulers.broadcasts import BroadcastError
     from schedulers.broadcasts import preview as preview_broadcast
 
-    rt = _runtime()
+    rt = load_runtime()
     price = rt.settings.sms_price_per_segment
     try:
         shown = preview_broadcast(
@@ -100,7 +85,7 @@ def preview(
             price_per_segment=price, limit=count,
         )  # fmt: skip
     except BroadcastError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if not shown:
         console.print("Nobody in the segment may be contacted: see `rapport broadcast dry-run`.")
     for p in shown:
@@ -118,11 +103,11 @@ def dry_run(broadcast_id: Annotated[int, typer.Argument(help="The broadcast id."
     from schedulers.broadcasts import BroadcastError
     from schedulers.broadcasts import dry_run as dry_run_broadcast
 
-    rt = _runtime()
+    rt = load_runtime()
     try:
         r = dry_run_broadcast(rt.db, rt.dialog.advisor, rt.settings.policy_config(), broadcast_id, _now())
     except BroadcastError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(f"{r.considered} customers, {r.matched} in the segment, {r.would_queue} would get it")
     for reason, n in r.deferred.most_common():
         console.print(f"  deferred (sent later), {reason}: {n}")
@@ -149,16 +134,16 @@ def send(
         try:
             start = datetime.fromisoformat(at)
         except ValueError:
-            raise _fail(ValueError(f"--at: expected an ISO time like 2026-12-01T09:00, got {at!r}")) from None
+            raise fail(ValueError(f"--at: expected an ISO time like 2026-12-01T09:00, got {at!r}")) from None
         start = start if start.tzinfo else start.replace(tzinfo=UTC)
-    rt = _runtime()
+    rt = load_runtime()
     try:
         r = send_broadcast(
             rt.db, rt.dialog.advisor, rt.settings.policy_config(), broadcast_id, _now(),
             at=start, local_time=local_time,
         )  # fmt: skip
     except (BroadcastError, ValueError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if r.waiting_until is not None:
         console.print(
             f"Scheduled for {r.waiting_until:%Y-%m-%d %H:%M %Z}: the scheduler of `rapport run` prepares it "
@@ -180,9 +165,9 @@ def status(broadcast_id: Annotated[int, typer.Argument(help="The broadcast id.")
     from schedulers.broadcasts import status as broadcast_status
 
     try:
-        s = broadcast_status(_runtime().db, broadcast_id)
+        s = broadcast_status(load_runtime().db, broadcast_id)
     except BroadcastError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(f"Broadcast {s.broadcast_id} {s.name!r}: {s.status}, {s.recipients} recipient rows")
     if console.is_terminal and s.total:
         with Progress(TextColumn("delivery"), BarColumn(), TaskProgressColumn(), console=console) as bar:
@@ -202,7 +187,7 @@ def cancel(broadcast_id: Annotated[int, typer.Argument(help="The broadcast id.")
     from schedulers.broadcasts import cancel as cancel_broadcast
 
     try:
-        n = cancel_broadcast(_runtime().db, broadcast_id, _now())
+        n = cancel_broadcast(load_runtime().db, broadcast_id, _now())
     except BroadcastError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(f"Broadcast {broadcast_id} cancelled: {n} queued message(s) will not be sent.")
