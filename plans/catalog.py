@@ -26,9 +26,10 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from storage.models import Plan, utcnow
+from storage.plan_queries import upsert_plans
+from storage.types import utcnow
 
 UNLIMITED = "unlimited"
 METRIC_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -211,23 +212,6 @@ def apply_catalog(session: Session, catalog: CatalogFile) -> CatalogSummary:
     Runs in the caller's transaction (no commit). A plan's ``updated_at`` moves only when one of
     its columns changed.
     """
-    existing = {plan.id: plan for plan in session.exec(select(Plan)).all()}
-    now = utcnow()
-    created = updated = unchanged = 0
-    for spec in catalog.plans:
-        values = spec.row_values(catalog.currency)
-        plan = existing.get(spec.id)
-        if plan is None:
-            session.add(Plan(**values, updated_at=now))
-            created += 1
-        elif any(getattr(plan, name) != value for name, value in values.items()):
-            for name, value in values.items():
-                setattr(plan, name, value)
-            plan.updated_at = now
-            session.add(plan)
-            updated += 1
-        else:
-            unchanged += 1
-    session.flush()
-    kept = len(existing.keys() - {spec.id for spec in catalog.plans})
+    rows = [spec.row_values(catalog.currency) for spec in catalog.plans]
+    created, updated, unchanged, kept = upsert_plans(session, rows=rows, now=utcnow())
     return CatalogSummary(created=created, updated=updated, unchanged=unchanged, kept=kept)

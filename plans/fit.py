@@ -31,9 +31,15 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, Select, bindparam, case, literal, select
+from sqlalchemy import Connection
 
-from storage.tables import CUSTOMER, PLAN, PREFERENCE, USAGE
+# read_usage, usage_query and iter_customers are also this module's (broadcasts and the fit
+# benchmark use them from here; fit_book calls them through this module's names).
+from storage.plan_queries import hard_preferences
+from storage.plan_queries import iter_customers as iter_customers
+from storage.plan_queries import plans as plan_rows
+from storage.plan_queries import read_usage as read_usage
+from storage.plan_queries import usage_query as usage_query
 
 QTY_SCALE = 1_000  # Usage.quantity_milli
 MONEY_SCALE = 10_000  # money in ten-thousandths (overage prices have up to 4 decimals)
@@ -193,7 +199,7 @@ class Catalog:
 
 def load_catalog(conn: Connection) -> Catalog:
     """Every plan in the database, available or not."""
-    return Catalog.build(PlanTerms.from_row(row._mapping) for row in conn.execute(select(PLAN)))
+    return Catalog.build(PlanTerms.from_row(row) for row in plan_rows(conn))
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,25 +435,6 @@ def _check_range(catalog: Catalog, quantity: I64) -> None:
         )
 
 
-def usage_query(metrics: Sequence[str]) -> Select[Any]:
-    """Usage rows with the metric coded as its index in ``metrics`` (-1 for others), for
-    customers with ids between the parameters ``lo`` and ``hi``: integers only, fast to load."""
-    code = (
-        case({m: i for i, m in enumerate(metrics)}, value=USAGE.c.metric, else_=-1)
-        if metrics
-        else literal(-1)
-    )
-    return select(USAGE.c.customer_id, USAGE.c.period, code, USAGE.c.quantity_milli).where(
-        USAGE.c.customer_id.between(bindparam("lo"), bindparam("hi"))
-    )
-
-
-def read_usage(conn: Connection, query: Select[Any], lo: int, hi: int) -> Sequence[Any]:
-    """The rows of a :func:`usage_query` for ids ``lo`` to ``hi``, fetched at once (row by row
-    costs several times more)."""
-    return conn.execute(query, {"lo": lo, "hi": hi}).all()
-
-
 def fit_book(
     conn: Connection,
     catalog: Catalog,
@@ -470,12 +457,7 @@ def fit_book(
         lo, hi = customers[0][0], customers[-1][0]
         answers: dict[int, dict[str, Any]] = {}
         if roles:
-            prefs = conn.execute(
-                select(PREFERENCE.c.customer_id, PREFERENCE.c.key, PREFERENCE.c.value).where(
-                    PREFERENCE.c.customer_id.between(lo, hi), PREFERENCE.c.key.in_(list(roles))
-                )
-            )
-            for cid, key, value in prefs:
+            for cid, key, value in hard_preferences(conn, lo=lo, hi=hi, keys=list(roles)):
                 answers.setdefault(cid, {})[key] = value
         ids = [c[0] for c in customers]
         rows = read_usage(conn, usage_of, lo, hi)
@@ -483,24 +465,3 @@ def fit_book(
         needs = [needs_from(answers.get(cid, {}), roles) for cid in ids]
         fits = fit_batch(catalog, batch, [c[2] for c in customers], needs, config, with_usage=with_usage)
         yield from zip((c[1] for c in customers), fits, strict=True)
-
-
-def iter_customers(
-    conn: Connection, *, batch_size: int = 20_000, external_id: str | None = None
-) -> Iterator[list[tuple[int, str | None, str | None]]]:
-    """(id, external id, current plan id) of every customer not erased, in batches by id."""
-    last = 0
-    while True:
-        query = (
-            select(CUSTOMER.c.id, CUSTOMER.c.external_id, CUSTOMER.c.current_plan_id)
-            .where(CUSTOMER.c.id > last, CUSTOMER.c.erased_at.is_(None))
-            .order_by(CUSTOMER.c.id)
-            .limit(batch_size)
-        )
-        if external_id is not None:
-            query = query.where(CUSTOMER.c.external_id == external_id)
-        rows = conn.execute(query).all()
-        if not rows:
-            return
-        yield [(r[0], r[1], r[2]) for r in rows]
-        last = rows[-1][0]

@@ -46,8 +46,9 @@ from sqlalchemy import (
 )
 
 from storage.phones import to_e164
+from storage.plan_queries import plan_ids
 from storage.queries import save_customer
-from storage.tables import CUSTOMER, PLAN, USAGE
+from storage.tables import CUSTOMER, USAGE
 
 Progress: TypeAlias = Callable[[int, int], None]
 """Called as ``progress(bytes_read, total_bytes)`` while a file is read."""
@@ -302,7 +303,7 @@ def import_customers(
     with closing(reader.records()) as records:
         header = _read_header(path, records, CUSTOMER_COLUMNS, CUSTOMER_OPTIONAL)
         with engine.connect() as conn:
-            plans = set(conn.execute(select(PLAN.c.id)).scalars())
+            plans = plan_ids(conn)
             conn.rollback()
             try:
                 for record in records:
