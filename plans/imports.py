@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import re
-import secrets
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
@@ -23,32 +22,12 @@ from pathlib import Path
 from typing import IO, Any, TypeAlias
 from zoneinfo import available_timezones
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Connection,
-    Engine,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    cast,
-    delete,
-    exists,
-    func,
-    insert,
-    literal,
-    select,
-    tuple_,
-    update,
-)
+from sqlalchemy import Engine
 
 from storage.phones import to_e164
 from storage.plan_queries import plan_ids
 from storage.queries import save_customer
-from storage.tables import CUSTOMER, USAGE
+from storage.usage_staging import UsageStaging
 
 Progress: TypeAlias = Callable[[int, int], None]
 """Called as ``progress(bytes_read, total_bytes)`` while a file is read."""
@@ -67,7 +46,6 @@ TELEGRAM_RE = re.compile(r"[A-Za-z0-9_]{5,32}")
 _TRUE = {"true", "yes", "y", "1"}
 _FALSE = {"false", "no", "n", "0", ""}
 _BOM = b"\xef\xbb\xbf"
-UNKNOWN_CUSTOMER = "unknown customer: no customer has this external_id (import customers first)"
 
 
 class CsvImportError(ValueError):
@@ -386,96 +364,6 @@ def _usage_group(row: Mapping[str, str] | str) -> tuple[str | None, int | None]:
     return (row["external_id"][:64] or None), period
 
 
-_KEPT = "period kept as it was: line "
-_STAGING_COLUMNS = ("line", "external_id", "period", "metric", "quantity_milli", "reason")
-
-
-def _staging_table() -> Table:
-    # A temporary table: private to the import's connection, gone with it even after a crash.
-    return Table(
-        f"usage_import_{secrets.token_hex(6)}",
-        MetaData(),
-        Column("line", BigInteger, primary_key=True, autoincrement=False),
-        Column("external_id", String(64)),
-        Column("period", Integer),
-        Column("metric", String(32)),
-        Column("quantity_milli", BigInteger),
-        Column("reason", Text),  # set when the row is rejected
-        prefixes=["TEMPORARY"],
-    )
-
-
-def _stage(conn: Connection, staging: Table, batch: list[tuple[Any, ...]]) -> None:
-    """Append rows (in ``_STAGING_COLUMNS`` order) to the staging table and commit."""
-    if conn.dialect.name == "postgresql":
-        if not conn.in_transaction():
-            conn.begin()
-        # COPY is several times faster than executemany; the table name is our own.
-        statement = f"COPY {staging.name} ({', '.join(_STAGING_COLUMNS)}) FROM STDIN"
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        with driver.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in batch:
-                copy.write_row(row)
-    else:
-        conn.execute(insert(staging), [dict(zip(_STAGING_COLUMNS, row, strict=True)) for row in batch])
-    conn.commit()
-
-
-def _settle_usage(conn: Connection, staging: Table) -> None:
-    """Reject unknown customers, partly bad periods and duplicates, then replace the
-    (customer, period)s staged."""
-    s = staging.c
-    accepted = s.reason.is_(None)
-    conn.execute(
-        update(staging)
-        .where(accepted, ~exists().where(CUSTOMER.c.external_id == s.external_id))
-        .values(reason=UNKNOWN_CUSTOMER)
-    )
-    # A (customer, period) with a rejected row keeps what it had: replacing it with the rest
-    # would silently drop the rejected metric (counted as 0 by the plan fit).
-    bad = staging.alias("bad")
-    bad_line = (
-        select(func.min(bad.c.line))
-        .where(
-            bad.c.external_id == s.external_id,
-            bad.c.period == s.period,
-            bad.c.reason.is_not(None),
-            # Only rows rejected on their own: SQLite sees this statement's own updates.
-            ~bad.c.reason.startswith(_KEPT),
-        )
-        .scalar_subquery()
-    )
-    conn.execute(
-        update(staging)
-        .where(accepted, bad_line.is_not(None))
-        .values(
-            reason=literal("period kept as it was: line ") + cast(bad_line, String) + literal(" was rejected")
-        )
-    )
-    first = staging.alias("first")
-    first_line = (
-        select(func.min(first.c.line))
-        .where(
-            first.c.external_id == s.external_id,
-            first.c.period == s.period,
-            first.c.metric == s.metric,
-            first.c.reason.is_(None),
-        )
-        .scalar_subquery()
-    )
-    conn.execute(
-        update(staging)
-        .where(accepted, s.line > first_line)
-        .values(reason=literal("duplicate of line ") + cast(first_line, String))
-    )
-    known = staging.join(CUSTOMER, CUSTOMER.c.external_id == s.external_id)
-    pairs = select(CUSTOMER.c.id, s.period).select_from(known).where(accepted)
-    good = select(CUSTOMER.c.id, s.period, s.metric, s.quantity_milli).select_from(known).where(accepted)
-    conn.execute(delete(USAGE).where(tuple_(USAGE.c.customer_id, USAGE.c.period).in_(pairs)))
-    conn.execute(insert(USAGE).from_select(["customer_id", "period", "metric", "quantity_milli"], good))
-
-
 def import_usage(engine: Engine, path: str | Path, *, progress: Progress | None = None) -> ImportSummary:
     """Import monthly usage in long format: external_id, period (YYYY-MM), metric, quantity.
 
@@ -488,24 +376,19 @@ def import_usage(engine: Engine, path: str | Path, *, progress: Progress | None 
     """
     path = Path(path)
     reader = _CsvReader(path)
-    staging = _staging_table()
     with closing(reader.records()) as records:
         header = _read_header(path, records, USAGE_COLUMNS, ())
         with engine.connect() as conn:
-            staging.create(conn)
-            conn.commit()
+            staging = UsageStaging(conn)
             try:
-                rows, rejects_path, rejected = _load_usage(conn, staging, header, reader, records, progress)
+                rows, rejects_path, rejected = _load_usage(staging, header, reader, records, progress)
             finally:
-                conn.rollback()
-                staging.drop(conn, checkfirst=True)
-                conn.commit()
+                staging.drop()
     return ImportSummary(rows, rows - rejected, rejected, rejects_path, header.ignored)
 
 
 def _load_usage(
-    conn: Connection,
-    staging: Table,
+    staging: UsageStaging,
     header: _Header,
     reader: _CsvReader,
     records: Iterator[_Record],
@@ -522,25 +405,21 @@ def _load_usage(
         else:
             batch.append((record.line, *values, None))
         if len(batch) >= USAGE_BATCH:
-            _stage(conn, staging, batch)
+            staging.add(batch)
             batch.clear()
             if progress is not None:
                 progress(reader.bytes_read, reader.total_bytes)
     if batch:
-        _stage(conn, staging, batch)
-    s = staging.c
-    Index(f"{staging.name}_key", s.external_id, s.period, s.metric, s.line).create(conn)
-    _settle_usage(conn, staging)
-    conn.commit()
+        staging.add(batch)
+    staging.settle()
     if progress is not None:
         progress(reader.bytes_read, reader.total_bytes)
 
     # The rejects, in line order, with their raw text from a second pass over the file.
     rejects = _Rejects(reader.path)
     try:
-        query = select(s.line, s.reason).where(s.reason.is_not(None)).order_by(s.line)
         with (
-            conn.execute(query.execution_options(yield_per=USAGE_BATCH)) as result,
+            staging.rejected(chunk=USAGE_BATCH) as result,
             closing(_CsvReader(reader.path).records()) as again,
         ):
             for line, reason in result:
@@ -548,5 +427,4 @@ def _load_usage(
                 rejects.add(line, reason, record.raw)
     finally:
         rejects_path = rejects.close()
-    conn.commit()
     return rows, rejects_path, rejects.count
