@@ -12,16 +12,9 @@ from sqlalchemy import Connection, bindparam, delete, insert, union, update
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
-from storage.models import (
-    ChannelIdentity,
-    Customer,
-    DeliveryStatus,
-    Message,
-    Preference,
-    Suppression,
-    utcnow,
-)
+from storage.models import ChannelIdentity, Customer, Message, Preference, Suppression
 from storage.tables import CUSTOMER
+from storage.types import Channel, DeliveryStatus, utcnow
 
 
 def address_hash(channel: str, address: str) -> str:
@@ -64,7 +57,7 @@ def erase_customer(session: Session, *, customer: Customer, keep_message_id: int
     identities = session.exec(select(ChannelIdentity).where(ChannelIdentity.customer_id == customer.id)).all()
     addresses = {(i.channel, i.address) for i in identities}
     if customer.phone:
-        addresses.add(("sms", customer.phone))
+        addresses.add((Channel.SMS, customer.phone))
     for channel, address in addresses:
         digest = address_hash(channel, address)
         exists = session.exec(

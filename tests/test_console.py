@@ -26,10 +26,9 @@ from bot.web import create_app
 from dialogs.bank import QuestionBank
 from dialogs.engine import DialogEngine, EngineConfig, Inbound
 from schedulers.delivery import Outbox, RetryPolicy, SendError
-from storage import console_models
 from storage.console_queries import AUDIT, REVIEW, TAUGHT, USER, SearchFilter, fts5_query, search_messages
 from storage.models import utcnow
-from storage.tables import CUSTOMER, MESSAGE, PLAN, USAGE
+from storage.tables import CONSOLE_SESSION, CUSTOMER, MESSAGE, PLAN, USAGE
 from tests.test_delivery import Exploding, RecordingSender
 
 PASSWORD = "correct horse battery"
@@ -177,7 +176,7 @@ def test_idle_session_expires_on_the_server(console: Console) -> None:
     response = console.client.get("/console/conversations", follow_redirects=False)
     assert response.status_code == 303
     with console.db.connect() as conn:
-        assert conn.execute(select(console_models.ConsoleSession.__table__)).first() is None  # type: ignore[attr-defined]
+        assert conn.execute(select(CONSOLE_SESSION)).first() is None
 
 
 def test_anonymous_is_sent_to_login_and_back(console: Console) -> None:
