@@ -107,7 +107,7 @@ def demo_periods(now: datetime, months: int = DEMO_MONTHS) -> tuple[int, ...]:
 
 def load_demo(db: Engine, *, customers: int = 300, seed: int = 7, now: datetime | None = None) -> DemoSummary:
     """Load the demo catalog and customers with usage (idempotent), through the code a user's
-    ``rapport plans import`` and ``rapport import customers|usage`` run: the book and the usage
+    ``rapport plans load`` and ``rapport import customers|usage`` run: the book and the usage
     are written as CSV files and imported.
 
     A second run updates the same rows: plans by id, customers by external id (DEMO-0001...),
