@@ -93,6 +93,7 @@ class PendingKind(StrEnum):
     CONFIRM_FORGET = "confirm_forget"  # yes/no: erase everything?
     CONFIRM_STOP = "confirm_stop"  # yes/no: opt out of all messages?
     SUGGESTION = "suggestion"  # yes/no: switch to the suggested plan (pending_key "plan:<id>")?
+    OFFER_PERSON = "offer_person"  # yes/no: get a person? (pending_key: the question not understood)
 
 
 class Customer(SQLModel, table=True):
@@ -299,6 +300,7 @@ class PlanDecline(SQLModel, table=True):
 
 
 import storage.broadcast_models  # noqa: E402  (broadcast, broadcast_recipient)
+import storage.handoff_models  # noqa: E402  (conversation, conversation_note)
 import storage.link_models  # noqa: E402  (registers the link_code table)
 import storage.outreach_models  # noqa: E402, F401  (outreach_event, billing_delivery)
 from storage.console_models import AuditEvent, ConsoleSession, MessageReview, TaughtSynonym, User  # noqa: E402, F401
