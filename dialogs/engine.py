@@ -780,7 +780,7 @@ class _Turn:
         work; told nobody is free, the customer may carry on with the bot."""
         kind = command.kind if command else None
         if kind in _KEYWORDS:
-            self.intent(f"keyword:{kind.value}")  # type: ignore[union-attr]
+            self.intent(f"keyword:{kind.value}")
         if kind is CommandKind.STOP:
             self._opt_out()
         elif kind is CommandKind.HELP:

@@ -299,9 +299,16 @@ def reply_address(conn: Connection, *, customer_id: int) -> tuple[str, str] | No
 
 
 def queue_reply(
-    conn: Connection, *, customer_id: int, channel: str, address: str, text: str, now: datetime
+    conn: Connection,
+    *,
+    customer_id: int,
+    channel: str,
+    address: str,
+    text: str,
+    now: datetime,
+    intent: str = OPERATOR_INTENT,
 ) -> int:
-    """Put an operator's message to the customer in the outbox; its id."""
+    """Put a conversational message to the customer (an operator's by default) in the outbox."""
     return int(
         conn.execute(
             insert(MESSAGE)
@@ -311,7 +318,7 @@ def queue_reply(
                 direction=Direction.OUT,
                 address=address,
                 text=text,
-                intent=OPERATOR_INTENT,
+                intent=intent,
                 status=DeliveryStatus.QUEUED,
                 created_at=now,
                 needs_review=False,

@@ -1,0 +1,49 @@
+"""The handoff timeout: a customer waiting for a person longer than ``HANDOFF_TIMEOUT_MINUTES``
+with no reply from one is told so, once, and offered to carry on with the bot."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, select
+
+from dialogs.handoff import TIMED_OUT
+from schedulers.proactive import lock_state
+from storage import handoff as conversations
+from storage.tables import CUSTOMER
+
+TIMEOUT_INTENT = "handoff_timeout"
+
+
+def notify_timeouts(db: Engine, *, timeout: timedelta, now: datetime) -> list[int]:
+    """Tell every customer who waited ``timeout`` for a person in vain; the queued message ids."""
+    with db.connect() as conn:
+        due = conversations.timed_out(conn, waited_since=now - timeout)
+    queued = []
+    for conv in due:
+        with db.begin() as conn:
+            lock_state(conn, conv.customer_id)  # one at a time with the customer's turns
+            fresh = conversations.get(conn, conversation_id=conv.id)
+            if fresh is None or fresh.timeout_notified_at is not None or fresh.first_human_reply_at:
+                continue
+            if not fresh.with_person:
+                continue
+            conversations.mark_timeout_notified(conn, conversation_id=conv.id, now=now)
+            opted_out = conn.execute(
+                select(CUSTOMER.c.opted_out_at).where(CUSTOMER.c.id == conv.customer_id)
+            ).scalar()
+            where = conversations.reply_address(conn, customer_id=conv.customer_id)
+            if opted_out is not None or where is None:
+                continue
+            queued.append(
+                conversations.queue_reply(
+                    conn,
+                    customer_id=conv.customer_id,
+                    channel=where[0],
+                    address=where[1],
+                    text=TIMED_OUT,
+                    now=now,
+                    intent=TIMEOUT_INTENT,
+                )
+            )
+    return queued
