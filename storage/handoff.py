@@ -14,7 +14,7 @@ from sqlalchemy import Connection, RowMapping, and_, func, insert, or_, select, 
 
 from storage.handoff_models import Conversation, ConversationNote, ConversationState
 from storage.models import DeliveryStatus, Direction, Source
-from storage.tables import CUSTOMER, MESSAGE, PREFERENCE, STATE
+from storage.tables import CUSTOMER, MESSAGE, PLAN, PREFERENCE, STATE
 
 CONVERSATION = Conversation.__table__  # type: ignore[attr-defined]
 NOTE = ConversationNote.__table__  # type: ignore[attr-defined]
@@ -424,3 +424,24 @@ def daily_figures(conn: Connection, *, since: datetime, until: datetime) -> list
             )
         )
     return figures
+
+
+# -- what the conversation page shows -------------------------------------------------------------
+
+
+def customer(conn: Connection, *, customer_id: int) -> RowMapping | None:
+    """The customer's row."""
+    return conn.execute(select(CUSTOMER).where(CUSTOMER.c.id == customer_id)).mappings().first()
+
+
+def profile(conn: Connection, *, customer_id: int) -> list[RowMapping]:
+    """The customer's preferences with their provenance, by key."""
+    query = select(PREFERENCE).where(PREFERENCE.c.customer_id == customer_id).order_by(PREFERENCE.c.key)
+    return list(conn.execute(query).mappings())
+
+
+def plan(conn: Connection, *, plan_id: str | None) -> RowMapping | None:
+    """A plan of the catalog, if ``plan_id`` names one."""
+    if plan_id is None:
+        return None
+    return conn.execute(select(PLAN).where(PLAN.c.id == plan_id)).mappings().first()

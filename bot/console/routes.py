@@ -25,6 +25,7 @@ from sqlmodel import Session
 from bot.console import auth, charts, teach
 from bot.console.auth import ConsoleConfig, LoginOutcome, Principal
 from bot.console.broadcast_routes import broadcast_router
+from bot.console.inbox_routes import inbox_router
 from bot.runtime import Runtime
 from dialogs.advisor import explain, no_offer_reason
 from dialogs.bank import Question, QuestionBank
@@ -615,6 +616,17 @@ def console_router(runtime: Runtime, config: ConsoleConfig | None = None) -> API
         next_page = f"?before={events[-1]['id']}" if len(events) == q.PAGE_SIZE else None
         return render(request, "audit.html", events=events, erasures=erased, next_page=next_page)
 
+    router.include_router(
+        inbox_router(
+            runtime,
+            prefix=PREFIX,
+            clock=cfg.clock,
+            render=render,
+            bank=bank,
+            operator=require(Role.OPERATOR),
+            operator_post=require_post(Role.OPERATOR),
+        )
+    )
     staff, staff_post = require(Role.STAFF), require_post(Role.STAFF)
     router.include_router(
         broadcast_router(
