@@ -27,7 +27,7 @@ SATURDAY = datetime(2026, 3, 7, 15, 0, tzinfo=UTC)  # 10:00 in New York, a Satur
 
 
 def conv(db: Engine, texter: Texter) -> conversations.Conv:
-    customer_id = texter.customer().id
+    customer_id = texter.customer_id
     with db.connect() as conn:
         found = conversations.latest(conn, customer_id=customer_id)
     assert found is not None
@@ -162,7 +162,7 @@ def test_resolve_resumes_at_the_pending_question_on_the_next_message(
     alex.say("sms")  # now asked for the contact time
     assert _state(db, alex.customer_id).pending_key == "contact_time"
     alex.say("human please")
-    customer_id = alex.customer().id
+    customer_id = alex.customer_id
     claim(db, customer_id, at=alex.now + timedelta(minutes=2))
     assert alex.say("are you there?") == []
     resolve(db, alex, at=alex.now + timedelta(minutes=5))
@@ -177,7 +177,7 @@ def test_resolve_never_asks_for_what_the_operator_recorded(db: Engine, dialog: D
     alex.say("hi")
     alex.say("sms")
     alex.say("agent")
-    customer_id = alex.customer().id
+    customer_id = alex.customer_id
     claim(db, customer_id, at=alex.now)
     with db.begin() as conn:
         conversations.record_fact(
@@ -231,7 +231,7 @@ def test_the_state_machine_refuses_moves_it_does_not_allow(db: Engine, dialog: D
 def test_an_operator_can_take_over_from_the_bot(db: Engine, dialog: DialogEngine) -> None:
     alex = Texter(dialog)
     alex.say("hi")
-    claim(db, alex.customer().id, at=alex.now)
+    claim(db, alex.customer_id, at=alex.now)
     taken = conv(db, alex)
     assert taken.state == S.HUMAN and taken.reason == "operator" and taken.waiting_since == alex.now
     assert alex.say("hello?") == []
