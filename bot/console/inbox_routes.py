@@ -201,7 +201,7 @@ def inbox_router(
         return {
             "id": conv.id,
             "state": conv.state,
-            "operator": conv.operator,
+            "operator": conv.operator if conv.state == ConversationState.HUMAN else None,
             "waiting": waited(conv.waiting_since, now) if conv.state == ConversationState.WAITING else "",
         }
 
