@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, RowMapping, and_, bindparam, func, insert, or_, select, update
 
 from storage.handoff_models import Conversation, ConversationNote, ConversationState
 from storage.models import DeliveryStatus, Direction, Source
 from storage.tables import CUSTOMER, MESSAGE, PLAN, PREFERENCE, STATE
+from storage.turns import _fixed, _Inserts
 
 CONVERSATION = Conversation.__table__  # type: ignore[attr-defined]
 NOTE = ConversationNote.__table__  # type: ignore[attr-defined]
@@ -81,9 +82,14 @@ def _conv(row: Any) -> Conv:
     return Conv(*row)
 
 
+# On every turn: compiled once and run on the driver, as the turn's own statements are.
+_OPEN = _fixed(select(*_FIELDS).where(CONVERSATION.c.open_for == bindparam("b_customer_id")))
+_INSERT = _Inserts(CONVERSATION)
+
+
 def open_conversation(conn: Connection, *, customer_id: int) -> Conv | None:
     """The customer's open conversation, if any."""
-    row = conn.execute(select(*_FIELDS).where(CONVERSATION.c.open_for == customer_id)).first()
+    row = _OPEN.first(conn, {"b_customer_id": customer_id})
     return _conv(row) if row is not None else None
 
 
@@ -95,14 +101,9 @@ def get(conn: Connection, *, conversation_id: int) -> Conv | None:
 
 def start(conn: Connection, *, customer_id: int, now: datetime) -> Conv:
     """Open a conversation with the bot for the customer (who must have none open)."""
-    new_id = conn.execute(
-        insert(CONVERSATION)
-        .values(customer_id=customer_id, open_for=customer_id, state=S.BOT, started_at=now)
-        .returning(CONVERSATION.c.id)
-    ).scalar_one()
-    found = get(conn, conversation_id=new_id)
-    assert found is not None
-    return found
+    values = {"customer_id": customer_id, "open_for": customer_id, "state": S.BOT, "started_at": now}
+    new_id = _INSERT.id(conn, values)
+    return Conv(new_id, customer_id, S.BOT, None, None, now, None, None, None, None, None)
 
 
 def current(
