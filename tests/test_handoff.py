@@ -20,7 +20,10 @@ from storage import handoff as conversations
 from storage.handoff import TransitionError
 from storage.handoff_models import ConversationState as S
 from storage.tables import CUSTOMER, MESSAGE, STATE
+from tests import test_broadcasts
 from tests.utils import START, Texter
+
+book = test_broadcasts.book  # customers for broadcasts (fixture)
 
 NY = Hours.parse("Mon-Fri 09:00-17:00", "America/New_York")
 SATURDAY = datetime(2026, 3, 7, 15, 0, tzinfo=UTC)  # 10:00 in New York, a Saturday
@@ -334,3 +337,48 @@ def test_daily_figures_handoff_rate_containment_and_first_reply(db: Engine, dial
 def _state(db: Engine, customer_id: int) -> Any:
     with db.connect() as conn:
         return conn.execute(select(STATE).where(STATE.c.customer_id == customer_id)).one()
+
+
+def test_a_broadcast_leaves_out_a_customer_with_a_person(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    from schedulers import broadcasts as bc
+    from tests.test_broadcasts import CONFIG, MORNING_NY, create
+
+    bid = create(db, dialog.advisor)
+    before = bc.dry_run(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    claim(db, book["dana"], at=MORNING_NY)
+    after = bc.dry_run(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    assert after.would_queue == before.would_queue - 1
+    assert after.excluded[Skip.WITH_PERSON] == 1
+
+
+def test_the_outbox_refuses_queued_marketing_while_a_person_has_the_conversation(
+    db: Engine, dialog: DialogEngine
+) -> None:
+    import asyncio
+
+    from schedulers.delivery import Outbox
+    from tests.test_delivery import Clock, RecordingSender
+
+    alex = Texter(dialog, "+14155550180", channel="sms", phone="+14155550180")
+    alex.say("hi")
+    alex.say("agent")
+    customer_id = alex.customer_id
+    with db.begin() as conn:
+        offer = conversations.queue_reply(
+            conn,
+            customer_id=customer_id,
+            channel="sms",
+            address="+14155550180",
+            text="A better plan!",
+            now=alex.now,
+        )
+        conn.execute(update(MESSAGE).where(MESSAGE.c.id == offer).values(marketing=True))
+        conn.execute(update(CUSTOMER).values(marketing_consent=True))
+    sender = RecordingSender()
+    asyncio.run(Outbox(db, {"sms": sender}, lambda *_: (), clock=Clock()).deliver([offer]))
+    assert sender.sent == []
+    with db.connect() as conn:
+        row = conn.execute(select(MESSAGE.c.status, MESSAGE.c.error).where(MESSAGE.c.id == offer)).one()
+    assert tuple(row) == ("failed", "contact policy: with a person")
