@@ -1,5 +1,7 @@
-"""The handoff timeout: a customer waiting for a person longer than ``HANDOFF_TIMEOUT_MINUTES``
-with no reply from one is told so, once, and offered to carry on with the bot."""
+"""Handoff housekeeping: a customer waiting for a person longer than ``HANDOFF_TIMEOUT_MINUTES``
+with no reply from one is told so, once, and offered to carry on with the bot; conversations with
+the bot silent for ``RESUME_AFTER_HOURS`` are closed (contained), so the inbox and the figures
+count them without waiting for the customer's next message."""
 
 from __future__ import annotations
 
@@ -13,6 +15,17 @@ from storage import handoff as conversations
 from storage.tables import CUSTOMER
 
 TIMEOUT_INTENT = "handoff_timeout"
+
+
+def close_idle_conversations(db: Engine, *, idle: timedelta, now: datetime) -> int:
+    """Close the conversations with the bot silent for ``idle`` (contained); how many."""
+    closed = 0
+    while True:
+        with db.begin() as conn:
+            done = conversations.close_idle(conn, silent_since=now - idle)
+        closed += done
+        if done < 500:
+            return closed
 
 
 def notify_timeouts(db: Engine, *, timeout: timedelta, now: datetime) -> list[int]:

@@ -43,7 +43,7 @@ from dialogs.bank import QuestionBank
 from schedulers.billing import BillingConfig, BillingReport, deliver_switches
 from schedulers.broadcasts import SendReport, prepare_due
 from schedulers.delivery import Recovery, recover_stuck
-from schedulers.handoff import notify_timeouts
+from schedulers.handoff import close_idle_conversations, notify_timeouts
 from schedulers.leader import LeaderLock, leader_lock
 from schedulers.nudges import NudgeConfig, NudgeReport, nudge
 from schedulers.policy import PolicyConfig
@@ -79,6 +79,7 @@ class JobContext:
     stuck_after: timedelta
     clock: Callable[[], datetime] = utcnow
     handoff_timeout: timedelta = timedelta(minutes=15)
+    conversation_idle: timedelta = timedelta(hours=24)  # RESUME_AFTER_HOURS
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +163,16 @@ def recover() -> Recovery:
 
 
 def handoff_timeouts() -> list[int]:
-    """Job: tell customers nobody answered within ``HANDOFF_TIMEOUT_MINUTES`` (once each)."""
+    """Job: tell customers nobody answered within ``HANDOFF_TIMEOUT_MINUTES`` (once each); close
+    idle conversations with the bot."""
     ctx = _bound()
-    queued = notify_timeouts(ctx.db, timeout=ctx.handoff_timeout, now=ctx.clock())
+    now = ctx.clock()
+    queued = notify_timeouts(ctx.db, timeout=ctx.handoff_timeout, now=now)
     if queued:
         log.info("handoff: told %d waiting customers nobody is free yet", len(queued))
+    closed = close_idle_conversations(ctx.db, idle=ctx.conversation_idle, now=now)
+    if closed:
+        log.info("handoff: closed %d idle conversations with the bot", closed)
     return queued
 
 

@@ -159,8 +159,15 @@ def move(
     return moved
 
 
+def lock_customer(conn: Connection, *, customer_id: int) -> None:
+    """Take the customer's dialog lock (their turns wait), as a turn does, before a change made
+    outside a turn: a turn never sees its conversation change under it."""
+    conn.execute(select(STATE.c.customer_id).where(STATE.c.customer_id == customer_id).with_for_update())
+
+
 def take_over(conn: Connection, *, customer_id: int, operator: str, now: datetime) -> Conv:
     """An operator claims the customer's conversation (opening one if none is open)."""
+    lock_customer(conn, customer_id=customer_id)
     conv = open_conversation(conn, customer_id=customer_id) or start(conn, customer_id=customer_id, now=now)
     return move(conn, conversation_id=conv.id, to=S.HUMAN, now=now, operator=operator)
 
@@ -168,6 +175,9 @@ def take_over(conn: Connection, *, customer_id: int, operator: str, now: datetim
 def resolve(conn: Connection, *, conversation_id: int, operator: str, now: datetime) -> Conv:
     """Hand the conversation back to the bot. The bot's pending question stays as it was, unless
     the fact it asks for is now known (an operator recorded it): then it is not asked again."""
+    found = get(conn, conversation_id=conversation_id)
+    if found is not None:
+        lock_customer(conn, customer_id=found.customer_id)
     conv = move(conn, conversation_id=conversation_id, to=S.RESOLVED, now=now, operator=operator)
     pending = conn.execute(
         select(STATE.c.pending_key).where(STATE.c.customer_id == conv.customer_id)
@@ -183,6 +193,25 @@ def resolve(conn: Connection, *, conversation_id: int, operator: str, now: datet
             values |= {"pending_key": None, "pending_kind": None}
     conn.execute(update(STATE).where(STATE.c.customer_id == conv.customer_id).values(**values))
     return conv
+
+
+def close_idle(conn: Connection, *, silent_since: datetime, limit: int = 500) -> int:
+    """Close (as contained) up to ``limit`` conversations with the bot whose customer has said
+    nothing since before ``silent_since``, at the time of their last message; how many."""
+    rows = conn.execute(
+        select(CONVERSATION.c.id, STATE.c.last_activity)
+        .join(STATE, STATE.c.customer_id == CONVERSATION.c.customer_id)
+        .where(CONVERSATION.c.state == S.BOT, STATE.c.last_activity < silent_since)
+        .limit(limit)
+        .with_for_update(of=STATE)  # one at a time with the customers' turns
+    ).all()
+    for conversation_id, last in rows:
+        conn.execute(
+            update(CONVERSATION)
+            .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.state == S.BOT)
+            .values(state=S.RESOLVED, resolved_at=last, open_for=None)
+        )
+    return len(rows)
 
 
 def mark_human_reply(conn: Connection, *, conversation_id: int, now: datetime) -> None:
@@ -242,39 +271,55 @@ def counts(conn: Connection, *, resolved_since: datetime) -> dict[str, int]:
     return found
 
 
-def inbox(conn: Connection, *, state: str, limit: int = 100) -> list[dict[str, Any]]:
-    """Conversations in ``state`` with their customer and last message: waiting ones oldest
-    first, the others most recently active first."""
-    last_id = (
-        select(func.max(MESSAGE.c.id))
-        .where(MESSAGE.c.customer_id == CONVERSATION.c.customer_id)
-        .correlate(CONVERSATION)
-        .scalar_subquery()
-    )
+_ORDER: Mapping[str, tuple[Any, ...]] = {
+    S.WAITING: (CONVERSATION.c.waiting_since, CONVERSATION.c.id),  # the longest waiting first
+    S.HUMAN: (CONVERSATION.c.claimed_at.desc(), CONVERSATION.c.id.desc()),
+    S.BOT: (CONVERSATION.c.id.desc(),),
+    S.RESOLVED: (CONVERSATION.c.resolved_at.desc(), CONVERSATION.c.id.desc()),
+}
+
+
+def inbox(
+    conn: Connection, *, state: str, resolved_since: datetime | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Conversations in ``state`` (resolved ones: since ``resolved_since``) with their customer and
+    last message: waiting ones oldest first, the others newest first."""
     query = (
-        select(
-            *_FIELDS,
-            CUSTOMER.c.name,
-            CUSTOMER.c.phone,
-            MESSAGE.c.text.label("last_text"),
-            MESSAGE.c.direction.label("last_direction"),
-            MESSAGE.c.channel.label("channel"),
-            MESSAGE.c.created_at.label("last_at"),
-        )
-        .select_from(
-            CONVERSATION.join(CUSTOMER, CUSTOMER.c.id == CONVERSATION.c.customer_id).outerjoin(
-                MESSAGE, MESSAGE.c.id == last_id
-            )
-        )
+        select(*_FIELDS, CUSTOMER.c.name, CUSTOMER.c.phone)
+        .join(CUSTOMER, CUSTOMER.c.id == CONVERSATION.c.customer_id)
         .where(CONVERSATION.c.state == state)
     )
-    if state == S.WAITING:
-        query = query.order_by(CONVERSATION.c.waiting_since, CONVERSATION.c.id)
-    elif state == S.RESOLVED:
-        query = query.order_by(CONVERSATION.c.resolved_at.desc(), CONVERSATION.c.id.desc())
-    else:
-        query = query.order_by(MESSAGE.c.id.desc(), CONVERSATION.c.id.desc())
-    return [dict(r) for r in conn.execute(query.limit(limit)).mappings()]
+    if state == S.RESOLVED and resolved_since is not None:
+        query = query.where(CONVERSATION.c.resolved_at >= resolved_since)
+    rows = [dict(r) for r in conn.execute(query.order_by(*_ORDER[state]).limit(limit)).mappings()]
+    ids = {r["customer_id"] for r in rows}
+    last: dict[int, Any] = {}
+    if ids:
+        newest = (
+            select(func.max(MESSAGE.c.id).label("id"))
+            .where(MESSAGE.c.customer_id.in_(ids))
+            .group_by(MESSAGE.c.customer_id)
+            .subquery()
+        )
+        found = conn.execute(
+            select(
+                MESSAGE.c.customer_id,
+                MESSAGE.c.text,
+                MESSAGE.c.direction,
+                MESSAGE.c.channel,
+                MESSAGE.c.created_at,
+            ).join(newest, newest.c.id == MESSAGE.c.id)
+        )
+        last = {r[0]: r for r in found}
+    for row in rows:
+        m = last.get(row["customer_id"])
+        row |= {
+            "last_text": m[1] if m else None,
+            "last_direction": m[2] if m else None,
+            "channel": m[3] if m else None,
+            "last_at": m[4] if m else None,
+        }
+    return rows
 
 
 def latest(conn: Connection, *, customer_id: int) -> Conv | None:

@@ -32,6 +32,7 @@ class Conversation(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("open_for", name="uq_conversation_open_for"),
         Index("ix_conversation_state_waiting", "state", "waiting_since"),
+        Index("ix_conversation_resolved_at", "resolved_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -382,3 +382,36 @@ def test_the_outbox_refuses_queued_marketing_while_a_person_has_the_conversation
     with db.connect() as conn:
         row = conn.execute(select(MESSAGE.c.status, MESSAGE.c.error).where(MESSAGE.c.id == offer)).one()
     assert tuple(row) == ("failed", "contact policy: with a person")
+
+
+def test_the_job_closes_silent_conversations_with_the_bot_but_not_those_for_a_person(
+    db: Engine, dialog: DialogEngine
+) -> None:
+    from schedulers.handoff import close_idle_conversations
+
+    quiet, waiting = Texter(dialog, "+14155550301"), Texter(dialog, "+14155550302")
+    quiet.say("hi")
+    waiting.say("hi")
+    waiting.say("agent")
+    day = timedelta(hours=24)
+    assert close_idle_conversations(db, idle=day, now=quiet.now + timedelta(hours=23)) == 0
+    assert close_idle_conversations(db, idle=day, now=waiting.now + timedelta(hours=25)) == 1
+    closed = conv(db, quiet)
+    assert (closed.state, closed.resolved_at, closed.claimed_at) == (S.RESOLVED, quiet.now, None)
+    assert conv(db, waiting).state == S.WAITING
+    assert quiet.say("sms", after=timedelta(hours=26))[-1].question_key == "contact_time"
+    assert conv(db, quiet).state == S.BOT and conv(db, quiet).id != closed.id
+
+
+def test_forget_me_erases_the_operators_notes_too(db: Engine, dialog: DialogEngine) -> None:
+    alex = Texter(dialog)
+    alex.say("hi")
+    current = conv(db, alex)
+    with db.begin() as conn:
+        conversations.add_note(
+            conn, conversation_id=current.id, author="op", text="lives at 1 Elm St", now=alex.now
+        )
+    alex.say("forget me")
+    alex.say("yes")
+    with db.connect() as conn:
+        assert conversations.notes(conn, customer_id=current.customer_id) == []

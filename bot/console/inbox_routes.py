@@ -30,6 +30,7 @@ POLL_MS = 3000  # how often the inbox and a conversation's page ask for news
 MAX_REPLY = 1_600  # ten SMS segments
 MAX_NOTE = 5_000
 FIGURE_DAYS = 14
+RESOLVED_FOR = timedelta(days=1)  # how long resolved conversations stay listed
 STATES = (
     (ConversationState.WAITING, "Waiting for a person"),
     (ConversationState.HUMAN, "With a person"),
@@ -136,12 +137,15 @@ def inbox_router(
         return row
 
     def counts(conn: Connection) -> dict[str, int]:
-        return conversations.counts(conn, resolved_since=clock() - timedelta(days=1))
+        return conversations.counts(conn, resolved_since=clock() - RESOLVED_FOR)
 
     def lists_html(request: Request) -> tuple[dict[str, int], str]:
         now = clock()
         with db.connect() as conn:
-            found = {state: conversations.inbox(conn, state=state) for state, _ in STATES}
+            found = {
+                state: conversations.inbox(conn, state=state, resolved_since=now - RESOLVED_FOR)
+                for state, _ in STATES
+            }
             n = counts(conn)
         body = render(
             request, "_inbox_lists.html", states=STATES, found=found, counts=n, now=now, waited=waited

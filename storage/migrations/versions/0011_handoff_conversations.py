@@ -38,6 +38,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_conversation_customer_id", "conversation", ["customer_id"])
     op.create_index("ix_conversation_state_waiting", "conversation", ["state", "waiting_since"])
+    op.create_index("ix_conversation_resolved_at", "conversation", ["resolved_at"])
     op.create_table(
         "conversation_note",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -54,6 +55,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_conversation_note_conversation_id", table_name="conversation_note")
     op.drop_table("conversation_note")
+    op.drop_index("ix_conversation_resolved_at", table_name="conversation")
     op.drop_index("ix_conversation_state_waiting", table_name="conversation")
     op.drop_index("ix_conversation_customer_id", table_name="conversation")
     op.drop_table("conversation")
