@@ -4,6 +4,7 @@ audit, roles, CSRF and escaping."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from storage import handoff as conversations
 from storage.console_queries import AUDIT
 from storage.tables import CUSTOMER, MESSAGE
-from tests import test_console
+from tests import test_broadcasts, test_console
 from tests.test_console import XSS, Console, login, say
 
 console = test_console.console  # the console app with op@ and admin@ accounts
@@ -169,3 +170,17 @@ def test_two_operators_claiming_at_once_one_has_it(console: Console) -> None:
     post(c, f"{page}/claim", page)  # taking it over is allowed, and audited
     with c.db.connect() as conn:
         assert conversations.latest(conn, customer_id=customer_id).operator == "op@example.com"  # type: ignore[union-attr]
+
+
+book = test_broadcasts.book  # Dana on Plus 20 GB with light usage, and a catalog
+
+
+def test_the_plan_fit_is_shown_in_operator_terms(console: Console, book: dict[str, int]) -> None:
+    login(console.client, "op@example.com")
+    page = console.client.get(f"/console/inbox/{book['dana']}")
+    assert page.status_code == 200
+    fit = re.search(r'<p id="fit">(.*?)</p>', page.text)
+    assert fit is not None
+    assert fit.group(1).startswith("On Plus 20 GB ($")
+    assert "Best fit: Basic 5 GB at $" in fit.group(1)
+    assert "saving $20.00/month ($240.00/year)" in fit.group(1)
