@@ -764,6 +764,8 @@ class _Turn:
         The pending question stays as it is: the bot resumes there once the person resolves."""
         if not keep_intent:
             self.intent("handoff")
+        if self.state.pending_kind in _YES_NO_ASIDES:  # a yes/no asked meanwhile is dropped
+            self.state.pending_kind = PendingKind.ASK if self.state.pending_key else None
         if not self.conv.with_person:
             self.conv = conversations.move(
                 self.conn,
@@ -838,3 +840,4 @@ class _Turn:
 
 
 _KEYWORDS = (CommandKind.STOP, CommandKind.START, CommandKind.HELP)
+_YES_NO_ASIDES = (PendingKind.CONFIRM_FORGET, PendingKind.CONFIRM_STOP, PendingKind.OFFER_PERSON)

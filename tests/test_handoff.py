@@ -415,3 +415,13 @@ def test_forget_me_erases_the_operators_notes_too(db: Engine, dialog: DialogEngi
     alex.say("yes")
     with db.connect() as conn:
         assert conversations.notes(conn, customer_id=current.customer_id) == []
+
+
+def test_a_pending_erase_confirmation_does_not_survive_the_handoff(db: Engine, dialog: DialogEngine) -> None:
+    alex = Texter(dialog)
+    alex.say("hi")
+    assert [r.intent for r in alex.say("forget me")] == ["confirm"]
+    alex.say("agent")
+    resolve(db, alex, at=alex.now)
+    alex.say("yes")  # not the erase confirmation any more
+    assert alex.customer().erased_at is None
