@@ -285,7 +285,7 @@ def inbox(
     """Conversations in ``state`` (resolved ones: since ``resolved_since``) with their customer and
     last message: waiting ones oldest first, the others newest first."""
     query = (
-        select(*_FIELDS, CUSTOMER.c.name, CUSTOMER.c.phone)
+        select(*_FIELDS, CONVERSATION.c.resolved_by, CUSTOMER.c.name, CUSTOMER.c.phone)
         .join(CUSTOMER, CUSTOMER.c.id == CONVERSATION.c.customer_id)
         .where(CONVERSATION.c.state == state)
     )

@@ -177,6 +177,7 @@ def test_a_customer_is_handed_to_a_person_and_back_to_the_bot(channel: str, live
     expect(waiting.locator(f"#c{cid}")).to_be_visible()
     expect(page.locator("[data-inbox-badge]")).not_to_have_text("")
     if channel == "telegram":  # by now the SMS customer's conversations are there too
+        expect(page.locator('section[data-state="resolved"]')).to_contain_text("op@example.com")
         DOCS.mkdir(exist_ok=True)
         page.screenshot(path=str(DOCS / "console-inbox.png"), full_page=True)
     waiting.locator(f"#c{cid} a").click()
