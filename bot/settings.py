@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dialogs.advisor import AdviceConfig
 from dialogs.engine import EngineConfig
+from dialogs.handoff import HandoffConfig, Hours
 from plans.fit import FitConfig
 from schedulers.billing import BillingConfig
 from schedulers.jobs import ScheduleConfig
@@ -79,6 +80,11 @@ class Settings(BaseSettings):
     billing_webhook_url: str | None = None
     billing_webhook_secret: SecretStr | None = None
 
+    handoff_hours: str = "Mon-Fri 09:00-17:00"
+    handoff_timezone: str | None = None  # None: DEFAULT_TIMEZONE
+    handoff_timeout_minutes: float = Field(default=15, gt=0)
+    handoff_on_intents: str = ""  # comma-separated intents, e.g. "complaint"
+
     console_idle_minutes: float = Field(default=30, gt=0)
     console_max_failures: int = Field(default=5, ge=1)
     console_lockout_minutes: float = Field(default=15, gt=0)
@@ -108,12 +114,32 @@ class Settings(BaseSettings):
         Window.parse(v)  # "08:00-21:00"; a typo fails at start-up
         return v
 
+    @field_validator("handoff_hours")
+    @classmethod
+    def _handoff_hours(cls, v: str) -> str:
+        Hours.parse(v)  # "Mon-Fri 09:00-17:00"; a typo fails at start-up
+        return v
+
     @field_validator("contact_window_by_region")
     @classmethod
     def _windows(cls, v: dict[str, str]) -> dict[str, str]:
         for window in v.values():
             Window.parse(window)
         return v
+
+    @field_validator("handoff_timezone")
+    @classmethod
+    def _handoff_zone(cls, v: str | None) -> str | None:
+        return v.strip() or None if v is not None else None
+
+    def handoff_config(self) -> HandoffConfig:
+        """When a person answers, how long the customer waits before being told, and the rule."""
+        zone = self.handoff_timezone or self.default_timezone
+        return HandoffConfig(
+            hours=Hours.parse(self.handoff_hours, zone),
+            timeout=timedelta(minutes=self.handoff_timeout_minutes),
+            on_intents=frozenset(i.strip() for i in self.handoff_on_intents.split(",") if i.strip()),
+        )
 
     def engine_config(self) -> EngineConfig:
         """The dialog engine's tunables."""
@@ -128,6 +154,7 @@ class Settings(BaseSettings):
                 decline_for=timedelta(days=self.decline_days),
                 decline_usage_change=self.decline_usage_change,
             ),
+            handoff=self.handoff_config(),
         )
 
     def policy_config(self, channels: frozenset[str] = frozenset({"sms", "telegram"})) -> PolicyConfig:

@@ -44,6 +44,8 @@ def make_scheduler(runtime: Runtime, services: Sequence[ChannelService]) -> Sche
         nudges=s.nudge_config(),
         billing=s.billing_config(),
         stuck_after=timedelta(minutes=s.stuck_sending_minutes),
+        handoff_timeout=s.handoff_config().timeout,
+        conversation_idle=timedelta(hours=s.resume_after_hours),
     )
     return Scheduler(context, s.schedule_config())
 

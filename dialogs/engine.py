@@ -16,13 +16,17 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from dialogs import texts
+from dialogs import handoff, texts
 from dialogs.advisor import AdviceConfig, Advisor, explain, no_offer_reason
 from dialogs.bank import Kind, Question, QuestionBank
 from dialogs.commands import CARRIER_KEYWORDS, Command, CommandKind, detect_command
+from dialogs.handoff import HandoffConfig
 from dialogs.parsing import Parse, find_question, mentions, normalize, parse_answer, parse_yes_no
 from dialogs.policy import Next, next_step, open_questions
+from storage import handoff as conversations
 from storage import turns as store
+from storage.handoff import Conv
+from storage.handoff_models import ConversationState
 from storage.models import DeliveryStatus, Direction, PendingKind, Source, utcnow
 from storage.turns import Fact, TurnState
 
@@ -90,6 +94,7 @@ class EngineConfig:
     resume_after: timedelta = timedelta(hours=24)
     skip_for: timedelta = timedelta(hours=24)
     advice: AdviceConfig = field(default_factory=AdviceConfig)
+    handoff: HandoffConfig = field(default_factory=HandoffConfig)
 
 
 @dataclass(slots=True)
@@ -158,7 +163,7 @@ class DialogEngine:
 
     def reply_options(self, intent: str, question_key: str | None) -> tuple[ReplyOption, ...]:
         """The buttons a reply offers: the question's options, or yes/no for confirmations."""
-        if intent in ("reconfirm", "confirm"):
+        if intent in ("reconfirm", "confirm", "offer_person"):
             return (ReplyOption("yes", "Yes"), ReplyOption("no", "No"))
         question = self.bank.get(question_key)
         if question is None or intent not in ("ask", "reask"):
@@ -210,6 +215,7 @@ class _Turn:
     text: str = field(init=False)
     state: TurnState = field(init=False)
     prefs: dict[str, Fact] = field(init=False)
+    conv: Conv = field(init=False)  # the conversation this message belongs to
 
     @property
     def bank(self) -> QuestionBank:
@@ -246,8 +252,16 @@ class _Turn:
         idle = self.now - self.state.last_activity if self.state.last_activity is not None else None
         self.prefs = self.state.facts
         existing = set(self.prefs)
+        self.conv = conversations.current(
+            self.conn,
+            customer_id=self.state.customer_id,
+            now=self.now,
+            last_activity=self.state.last_activity,
+            idle=self.cfg.resume_after,
+        )
 
         self._dispatch(first_contact=first_contact, idle=idle)
+        self._handoff_rule()
 
         return self._write(version=version, existing=existing)
 
@@ -328,6 +342,9 @@ class _Turn:
         if self.state.opted_out_at is not None:
             self._while_opted_out(command)
             return
+        if self.conv.with_person:
+            self._while_with_person(command)
+            return
         if first_contact:
             self.say(texts.greeting(self.cfg, self.state.name), "greeting")
         elif idle is not None and idle >= self.cfg.resume_after:
@@ -341,6 +358,11 @@ class _Turn:
             if not first_contact:
                 self.say(texts.EMPTY, "fallback")
             self.ask_next()
+            return
+        if handoff.asks_for_person(self.text):
+            self._want_person("asked")
+            return
+        if self.state.pending_kind == PendingKind.OFFER_PERSON and self._offer_answer(self.text):
             return
         confirming = self.state.pending_kind in (PendingKind.CONFIRM_FORGET, PendingKind.CONFIRM_STOP)
         if confirming and self._confirmation(self.text):
@@ -730,8 +752,92 @@ class _Turn:
         self.intent("unparsed", review=True)
         self.state.reask_count += 1
         if self.state.reask_count >= self.cfg.max_failed_tries:
-            self._defer(pending)
-            self.ask_next(prefix=texts.MOVE_ON + " ")
+            self._offer_person()
             return
         self._ask(Next(pending, PendingKind.ASK), prefix=texts.reask_prefix(pending), again=True)
         self.asked = True
+
+    # -- a person (handoff) -----------------------------------------------------------------
+
+    def _want_person(self, reason: str, *, keep_intent: bool = False) -> None:
+        """Hand the conversation to a person and tell the customer at once what happens next.
+        The pending question stays as it is: the bot resumes there once the person resolves."""
+        if not keep_intent:
+            self.intent("handoff")
+        if self.state.pending_kind in _YES_NO_ASIDES:  # a yes/no asked meanwhile is dropped
+            self.state.pending_kind = PendingKind.ASK if self.state.pending_key else None
+        if not self.conv.with_person:
+            self.conv = conversations.move(
+                self.conn,
+                conversation_id=self.conv.id,
+                to=ConversationState.WAITING,
+                now=self.now,
+                reason=reason,
+            )
+        self.asked = True
+        self.say(handoff.waiting_text(self.cfg.handoff.hours, self.now), "handoff")
+
+    def _while_with_person(self, command: Command | None) -> None:
+        """A person has (or is awaited for) the conversation: the bot is quiet. Keywords still
+        work; told nobody is free, the customer may carry on with the bot."""
+        kind = command.kind if command else None
+        if kind in _KEYWORDS:
+            self.intent(f"keyword:{kind.value}")
+        if kind is CommandKind.STOP:
+            self._opt_out()
+        elif kind is CommandKind.HELP:
+            self.say(texts.help_text(self.cfg, opted_out=False), "help")
+        elif kind is CommandKind.START:
+            self.say(texts.ALREADY_IN, "ack")
+        elif (
+            self.conv.state == ConversationState.WAITING
+            and self.conv.timeout_notified_at is not None
+            and handoff.back_to_bot(self.text)
+        ):
+            self.conv = conversations.move(
+                self.conn, conversation_id=self.conv.id, to=ConversationState.BOT, now=self.now
+            )
+            self.intent("back_to_bot")
+            self.ask_next(prefix=handoff.BACK_WITH_BOT + " ")
+        else:
+            self.intent("to_person")  # stored and shown to the operator; the bot says nothing
+
+    def _offer_person(self) -> None:
+        """After failing to understand twice in a row: offer a person (the question stays pending)."""
+        self.state.pending_kind = PendingKind.OFFER_PERSON
+        self.asked = True
+        self.say(handoff.OFFER, "offer_person")
+
+    def _offer_answer(self, text: str) -> bool:
+        """YES to the offer: a person; NO: move on from the question. False if it is neither."""
+        yes_no = parse_yes_no(text)
+        self.state.pending_kind = PendingKind.ASK if self.state.pending_key else None
+        self.state.reask_count = 0
+        if not self.accept(yes_no) or yes_no is None:
+            return False
+        if yes_no.value:
+            self._want_person("offered")
+            return True
+        self.intent("offer_declined")
+        pending = self.pending_question()
+        if pending is not None:
+            self._defer(pending)
+        self.ask_next(prefix=texts.MOVE_ON + " ")
+        return True
+
+    def _handoff_rule(self) -> None:
+        """``HANDOFF_ON_INTENTS``: a message understood as one of them goes to a person (instead
+        of the bot's next question)."""
+        intent = self.understood.intent
+        if (
+            intent not in self.cfg.handoff.on_intents
+            or self.conv.with_person
+            or self.state.opted_out_at is not None
+        ):
+            return
+        self.outs = [out for out in self.outs if out.intent not in ("ask", "reask", "fallback")]
+        self._want_person(f"intent:{intent}", keep_intent=True)
+
+
+_KEYWORDS = (CommandKind.STOP, CommandKind.START, CommandKind.HELP)
+_YES_NO_ASIDES = (PendingKind.CONFIRM_FORGET, PendingKind.CONFIRM_STOP, PendingKind.OFFER_PERSON)

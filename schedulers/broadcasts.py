@@ -31,6 +31,7 @@ from schedulers.policy import Contact, Decision, PolicyConfig, Window, decide, l
 from schedulers.proactive import CAPPED_STATUSES, SUGGESTION_INTENT, await_answers, pick_channel
 from schedulers.segment_filter import Node, Term, check_metrics, evaluate, parse
 from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT, BroadcastStatus, RecipientStatus
+from storage.handoff import with_person
 from storage.models import DeliveryStatus, Direction
 from storage.queries import address_hash
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PLAN_DECLINE, PREFERENCE, SUPPRESSION, SWITCH_REQUEST
@@ -67,6 +68,7 @@ class Facts:
     declined: bool
     suppressed: bool
     recent: Sequence[datetime]
+    with_person: bool = False  # handed to a person: no broadcast meanwhile
 
     def value(self, term: Term) -> Any:
         """The customer's value of a segment term."""
@@ -111,6 +113,7 @@ class Facts:
             address=self.address,
             contact_time=self.prefs.get("contact_time"),
             recent=self.recent,
+            with_person=self.with_person,
         )
 
 
@@ -167,6 +170,7 @@ def facts_batch(
     recent = _recent(conn, lo, hi)
     declines = _declines(conn, lo, hi, now - advisor.config.decline_for)
     suppressed = _suppressed(conn, channels.values()) if any_suppressed else set()
+    handed = with_person(conn, customer_ids=ids)
     result = []
     for b, c in enumerate(customers):
         fit = fits[b]
@@ -194,6 +198,7 @@ def facts_batch(
                 declined=declined,
                 suppressed=(channel, address) in suppressed,
                 recent=recent.get(c.id, ()),
+                with_person=c.id in handed,
             )
         )
     return result

@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, exists, insert, or_, s
 
 from dialogs.engine import ReplyOption
 from schedulers.leader import AlwaysLeader, LeaderLock
+from storage.handoff import with_person
 from storage.models import DeliveryStatus, Direction, utcnow
 from storage.outreach_models import DELIVERY_ATTEMPT, OUTREACH_EVENT
 from storage.tables import CUSTOMER, MESSAGE
@@ -353,6 +354,7 @@ def _refusals(conn: Connection, customer_ids: set[int | None]) -> dict[int | Non
             ).where(CUSTOMER.c.id.in_([c for c in customer_ids if c is not None]))
         )
     }
+    handed = with_person(conn, customer_ids=[c for c in customer_ids if c is not None])
     refusals: dict[int | None, str] = {}
     for customer_id in customer_ids:
         row = found.get(customer_id)
@@ -364,6 +366,8 @@ def _refusals(conn: Connection, customer_ids: set[int | None]) -> dict[int | Non
             refusals[customer_id] = "opted out"
         elif not row.marketing_consent:
             refusals[customer_id] = "no consent"
+        elif customer_id in handed:
+            refusals[customer_id] = "with a person"
     return refusals
 
 

@@ -11,9 +11,9 @@ Missed runs (no leader at the time, a restart): every job has ``coalesce=True`` 
 were missed, it runs once) and a ``misfire_grace_time`` (how late it may still run; later than
 that the run is skipped and the next regular one is waited for): the daily scan 6 hours, nudges
 30 minutes, waiting broadcasts 5 minutes (a broadcast whose run was skipped is prepared by the
-next one: it waits until then), billing 1 minute, the stuck-message recovery 5 minutes.
-``max_instances=1``. Jobs are safe to overlap anyway: each customer is decided under their dialog
-lock.
+next one: it waits until then), billing 1 minute, the stuck-message recovery 5 minutes, the
+handoff timeouts (every minute) 1 minute. ``max_instances=1``. Jobs are safe to overlap
+anyway: each customer is decided under their dialog lock.
 
 ``BackgroundScheduler``, not ``AsyncIOScheduler``: the job store and the jobs are synchronous
 database work (a scan may take a while, SQLite may wait on its write lock) that must not block the
@@ -43,6 +43,7 @@ from dialogs.bank import QuestionBank
 from schedulers.billing import BillingConfig, BillingReport, deliver_switches
 from schedulers.broadcasts import SendReport, prepare_due
 from schedulers.delivery import Recovery, recover_stuck
+from schedulers.handoff import close_idle_conversations, notify_timeouts
 from schedulers.leader import LeaderLock, leader_lock
 from schedulers.nudges import NudgeConfig, NudgeReport, nudge
 from schedulers.policy import PolicyConfig
@@ -54,13 +55,14 @@ log = logging.getLogger(__name__)
 
 JOBSTORE_TABLE = "apscheduler_jobs"  # APScheduler's own table, created by it (not a migration)
 SCAN_JOB, NUDGE_JOB, BILLING_JOB, RECOVER_JOB = "proactive-scan", "nudges", "billing", "recover-stuck"
-BROADCAST_JOB = "broadcasts"
+BROADCAST_JOB, HANDOFF_JOB = "broadcasts", "handoff-timeouts"
 GRACE = {
     SCAN_JOB: timedelta(hours=6),
     BROADCAST_JOB: timedelta(minutes=5),
     NUDGE_JOB: timedelta(minutes=30),
     BILLING_JOB: timedelta(minutes=1),
     RECOVER_JOB: timedelta(minutes=5),
+    HANDOFF_JOB: timedelta(minutes=1),
 }
 
 
@@ -76,6 +78,8 @@ class JobContext:
     billing: BillingConfig | None
     stuck_after: timedelta
     clock: Callable[[], datetime] = utcnow
+    handoff_timeout: timedelta = timedelta(minutes=15)
+    conversation_idle: timedelta = timedelta(hours=24)  # RESUME_AFTER_HOURS
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,20 @@ def recover() -> Recovery:
     return recover_stuck(ctx.db, older_than=ctx.stuck_after, now=ctx.clock())
 
 
+def handoff_timeouts() -> list[int]:
+    """Job: tell customers nobody answered within ``HANDOFF_TIMEOUT_MINUTES`` (once each); close
+    idle conversations with the bot."""
+    ctx = _bound()
+    now = ctx.clock()
+    queued = notify_timeouts(ctx.db, timeout=ctx.handoff_timeout, now=now)
+    if queued:
+        log.info("handoff: told %d waiting customers nobody is free yet", len(queued))
+    closed = close_idle_conversations(ctx.db, idle=ctx.conversation_idle, now=now)
+    if closed:
+        log.info("handoff: closed %d idle conversations with the bot", closed)
+    return queued
+
+
 def _ref(func: Callable[..., Any]) -> str:
     return f"{func.__module__}:{func.__qualname__}"
 
@@ -175,6 +193,7 @@ def job_specs(schedule: ScheduleConfig, context: JobContext) -> dict[str, tuple[
             _ref(prepare_broadcasts),
             IntervalTrigger(seconds=schedule.broadcasts_every.total_seconds()),
         ),
+        HANDOFF_JOB: (_ref(handoff_timeouts), IntervalTrigger(minutes=1)),
     }
     if context.billing is not None:
         specs[BILLING_JOB] = (

@@ -6,7 +6,8 @@ Conversational replies to a customer's own message never come here: they are not
 Rules, in order. A *hard* rule skips the message (no ``next_allowed_at``); a *timing* rule defers
 it to the next moment every timing rule allows:
 
-- hard: marketing consent; not opted out; not erased; the address not suppressed; the plan not
+- hard: marketing consent; not opted out; not erased; no person has (or is awaited for) the
+  conversation (handoff: the bot is quiet meanwhile); the address not suppressed; the plan not
   declined lately (the advisor's rule, passed in as ``declined``); the preferred channel usable
   (configured, and the customer has an address on it); the preferred time of day overlapping
   the contact window.
@@ -42,6 +43,7 @@ class Skip:
     QUIET_HOURS = "quiet_hours"
     CONTACT_TIME = "outside_contact_time"
     FREQUENCY_CAP = "frequency_cap"
+    WITH_PERSON = "with_person"
 
 
 TIMING_REASONS = frozenset({Skip.QUIET_HOURS, Skip.CONTACT_TIME, Skip.FREQUENCY_CAP})
@@ -113,6 +115,7 @@ class Contact:
     address: str | None = None
     contact_time: Any = None
     recent: Sequence[datetime] = ()
+    with_person: bool = False  # handed to a person (storage.handoff.with_person)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,8 @@ def _hard_reason(contact: Contact, config: PolicyConfig) -> str | None:
         return Skip.OPTED_OUT
     if not contact.marketing_consent:
         return Skip.NO_CONSENT
+    if contact.with_person:
+        return Skip.WITH_PERSON
     if contact.channel is None:
         return Skip.NO_CHANNEL
     if contact.channel not in config.channels:

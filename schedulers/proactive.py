@@ -21,6 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from dialogs.advisor import Advisor, explain
 from plans.fit import Fit, fit_book
 from schedulers.policy import Contact, Decision, PolicyConfig, decide
+from storage.handoff import with_person
 from storage.models import DeliveryStatus, Direction, PendingKind
 from storage.outreach_models import OUTREACH_EVENT
 from storage.queries import is_suppressed
@@ -155,6 +156,7 @@ def contact_of(
         address=address,
         contact_time=prefs.get("contact_time"),
         recent=recent_proactive(conn, customer_id),
+        with_person=bool(with_person(conn, customer_ids=[customer_id])),
     )
 
 

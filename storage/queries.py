@@ -12,6 +12,7 @@ from sqlalchemy import Connection, bindparam, delete, insert, union, update
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
+from storage.handoff_models import Conversation, ConversationNote
 from storage.models import ChannelIdentity, Customer, Message, Preference, Suppression
 from storage.tables import CUSTOMER
 from storage.types import Channel, DeliveryStatus, utcnow
@@ -66,6 +67,9 @@ def erase_customer(session: Session, *, customer: Customer, keep_message_id: int
         if exists is None:
             session.add(Suppression(channel=channel, address_hash=digest, reason="erased", created_at=now))
     session.execute(delete(Preference).where(col(Preference.customer_id) == customer.id))
+    # Operators' notes may hold what the customer told them; the conversations stay, anonymous.
+    theirs = select(Conversation.id).where(Conversation.customer_id == customer.id)
+    session.execute(delete(ConversationNote).where(col(ConversationNote.conversation_id).in_(theirs)))
     session.execute(
         delete(Message).where(col(Message.customer_id) == customer.id, col(Message.id) != keep_message_id)
     )

@@ -10,6 +10,7 @@ from sqlmodel import SQLModel
 from storage import (  # noqa: F401  (each defines its tables on the metadata)
     broadcast_models,
     console_models,
+    handoff_models,
     link_models,
     models,
     outreach_models,
@@ -38,3 +39,5 @@ DELIVERY_ATTEMPT: Table = _TABLES["delivery_attempt"]
 RATE_BUCKET: Table = _TABLES["rate_bucket"]
 BROADCAST: Table = _TABLES["broadcast"]
 BROADCAST_RECIPIENT: Table = _TABLES["broadcast_recipient"]
+CONVERSATION: Table = _TABLES["conversation"]
+CONVERSATION_NOTE: Table = _TABLES["conversation_note"]

@@ -84,6 +84,7 @@ class PendingKind(StrEnum):
     CONFIRM_FORGET = "confirm_forget"  # yes/no: erase everything?
     CONFIRM_STOP = "confirm_stop"  # yes/no: opt out of all messages?
     SUGGESTION = "suggestion"  # yes/no: switch to the suggested plan (pending_key "plan:<id>")?
+    OFFER_PERSON = "offer_person"  # yes/no: get a person? (pending_key: the question not understood)
 
 
 class Intent(StrEnum):

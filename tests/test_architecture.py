@@ -22,7 +22,7 @@ KNOWN_VIOLATIONS = frozenset({("schedulers.broadcasts", "bot.channels.segments")
 
 
 # Outside storage, SQLAlchemy/SQLModel names for handles and errors only: no statements are built.
-HANDLES = frozenset({"Connection", "Engine", "Session"})
+HANDLES = frozenset({"Connection", "Engine", "Session", "RowMapping"})
 ORMS = frozenset({"sqlalchemy", "sqlmodel"})
 # Modules that still build SQL of their own, each to move its queries into storage (issue 11.4)
 # in the change that owns it. Nothing may join this list.

@@ -71,7 +71,13 @@ def test_jobs_persist_with_the_misfire_policy_and_a_restart_keeps_them(
     ensure_jobs(first, job_specs(ScheduleConfig(scan_at=time(9, 30)), ctx))
     stored = {job.id: job for job in first.get_jobs()}
     first.shutdown()
-    assert set(stored) == {jobs.SCAN_JOB, jobs.NUDGE_JOB, jobs.RECOVER_JOB, jobs.BROADCAST_JOB}
+    assert set(stored) == {
+        jobs.SCAN_JOB,
+        jobs.NUDGE_JOB,
+        jobs.RECOVER_JOB,
+        jobs.BROADCAST_JOB,
+        jobs.HANDOFF_JOB,
+    }
     for job in stored.values():
         assert job.coalesce is True
         assert job.misfire_grace_time == GRACE[job.id].total_seconds()

@@ -23,6 +23,7 @@ from bot.console.deps import (
     require,
     require_post,
 )
+from bot.console.inbox_routes import inbox_router
 from bot.runtime import Runtime
 from storage.console_models import Role
 
@@ -37,6 +38,17 @@ def console_router(runtime: Runtime, config: ConsoleConfig | None = None) -> API
     router.add_api_route("", conversation_routes.home, methods=["GET"])
     for area in (login_routes, conversation_routes, customer_routes, review_routes, admin_routes):
         router.include_router(area.router)
+    router.include_router(
+        inbox_router(
+            runtime,
+            prefix=PREFIX,
+            clock=console.config.clock,
+            render=render,
+            bank=console.bank,
+            operator=require(Role.OPERATOR),
+            operator_post=require_post(Role.OPERATOR),
+        )
+    )
     router.include_router(
         broadcast_router(
             runtime,
