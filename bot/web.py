@@ -40,7 +40,7 @@ def make_scheduler(runtime: Runtime, services: Sequence[ChannelService]) -> Sche
         db=runtime.db,
         advisor=runtime.dialog.advisor,
         bank=runtime.bank,
-        policy=s.policy_config(frozenset(x.name for x in services)),
+        policy=runtime.policy,
         nudges=s.nudge_config(),
         billing=s.billing_config(),
         stuck_after=timedelta(minutes=s.stuck_sending_minutes),

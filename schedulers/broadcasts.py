@@ -27,6 +27,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Table, exists, func, i
 from bot.channels.segments import Estimate, estimate
 from dialogs.advisor import Advisor, decline_holds, describe, money
 from plans.fit import Catalog, Fit, fit_batch, needs_from, read_usage, usage_batch, usage_query
+from schedulers.audience import NO_CHANNEL_CONFIGURED, NoChannelError, require_channel
 from schedulers.policy import Contact, Decision, PolicyConfig, Window, decide, local_zone, next_in_window
 from schedulers.proactive import CAPPED_STATUSES, SUGGESTION_INTENT, await_answers, pick_channel
 from schedulers.segment_filter import Node, Term, check_metrics, evaluate, parse
@@ -445,6 +446,12 @@ class DryRun:
     would_queue: int = 0
     deferred: Counter[str] = field(default_factory=Counter)
     excluded: Counter[str] = field(default_factory=Counter)
+    no_channel: bool = False  # no channel is configured: nobody would get it
+
+    @property
+    def no_channel_reason(self) -> str:
+        """What to tell staff when :attr:`no_channel`."""
+        return NO_CHANNEL_CONFIGURED
 
 
 def dry_run(
@@ -456,8 +463,9 @@ def dry_run(
     *,
     batch_size: int = 5_000,
 ) -> DryRun:
-    """Count who would get the broadcast if it were sent at ``now``, and who is excluded by what."""
-    report = DryRun()
+    """Count who would get the broadcast if it were sent at ``now``, and who is excluded by what
+    (with no channel configured: nobody, and ``no_channel`` says so)."""
+    report = DryRun(no_channel=not config.channels)
     with db.connect() as conn:
         node = parse(get(conn, broadcast_id)["segment"])
         for batch in iter_facts(conn, advisor, now, config, batch_size=batch_size):
@@ -575,6 +583,10 @@ def send(
     start = at or now
     if start.tzinfo is None:
         raise ValueError("send() needs a timezone-aware time")
+    try:
+        require_channel(config)  # else every message would wait in the outbox for ever
+    except NoChannelError as exc:
+        raise BroadcastError(f"broadcast {broadcast_id} cannot be sent: {exc}") from None
     if local_time:
         parse_local_time(local_time)
     with db.begin() as conn:
@@ -616,6 +628,9 @@ def prepare_due(db: Engine, advisor: Advisor, config: PolicyConfig, now: datetim
         ).scalars()
         ids = list(due)
     reports: dict[int, SendReport] = {}
+    if ids and not config.channels:  # they wait until a channel is configured
+        log.warning("%d broadcast(s) due, not prepared: %s", len(ids), NO_CHANNEL_CONFIGURED)
+        return reports
     for broadcast_id in ids:
         try:
             reports[broadcast_id] = prepare(db, advisor, config, broadcast_id, now)

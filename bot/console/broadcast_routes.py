@@ -155,7 +155,7 @@ def broadcast_router(
     ) -> HTMLResponse:
         row = broadcast_row(broadcast_id)
         now = clock()
-        policy = runtime.settings.policy_config()
+        policy = runtime.policy
         previews: list[bc.Preview] = []
         preview_error = ""
         report = None
@@ -282,9 +282,7 @@ def broadcast_router(
                 local = f"{bc.parse_local_time(local_time):%H:%M}"
             elif when != "now":
                 raise ValueError("choose now, a date and time, or a local time")
-            report = bc.send(
-                db, advisor, runtime.settings.policy_config(), broadcast_id, now, at=start, local_time=local
-            )
+            report = bc.send(db, advisor, runtime.policy, broadcast_id, now, at=start, local_time=local)
         except ValueError as exc:  # BroadcastError too: a cancelled or finished broadcast
             form = {"when": when, "at": at, "local_time": local_time}
             return page(request, broadcast_id, status_code=422, error=str(exc), schedule=form)
