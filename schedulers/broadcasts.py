@@ -27,14 +27,14 @@ from sqlalchemy import ColumnElement, Connection, Engine, Table, exists, func, i
 from bot.channels.segments import Estimate, estimate
 from dialogs.advisor import Advisor, decline_holds, describe, money
 from plans.fit import Catalog, Fit, fit_batch, needs_from, read_usage, usage_batch, usage_query
-from schedulers.audience import NO_CHANNEL_CONFIGURED, NoChannelError, require_channel
+from schedulers.audience import CUSTOMER_COLUMNS, NO_CHANNEL_CONFIGURED, NoChannelError, require_channel
+from schedulers.audience import contacts as audience_contacts
 from schedulers.policy import Contact, Decision, PolicyConfig, Window, decide, local_zone, next_in_window
-from schedulers.proactive import CAPPED_STATUSES, SUGGESTION_INTENT, await_answers, pick_channel
+from schedulers.proactive import SUGGESTION_INTENT, await_answers
 from schedulers.segment_filter import Node, Term, check_metrics, evaluate, parse
 from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT, BroadcastStatus, RecipientStatus
 from storage.models import DeliveryStatus, Direction
-from storage.queries import address_hash
-from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PLAN_DECLINE, PREFERENCE, SUPPRESSION, SWITCH_REQUEST
+from storage.tables import CUSTOMER, MESSAGE, PLAN_DECLINE, PREFERENCE, SWITCH_REQUEST
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +52,23 @@ class BroadcastError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Facts:
-    """What the segment, the policy and the template know of one customer."""
+    """What the segment, the policy and the template know of one customer: the plan facts here,
+    the contact facts from the audience service (:func:`schedulers.audience.contacts`)."""
 
     customer_id: int
     name: str | None
-    phone: str | None
-    timezone: str | None
-    consent: bool
-    opted_out: bool
-    channel: str | None
-    address: str | None
     prefs: Mapping[str, Any]
     fit: Fit
     over: Mapping[str, int]  # metric -> months over the current plan's allowance
-    declined: bool
-    suppressed: bool
-    recent: Sequence[datetime]
+    contact: Contact
+
+    @property
+    def channel(self) -> str | None:
+        return self.contact.channel
+
+    @property
+    def address(self) -> str | None:
+        return self.contact.address
 
     def value(self, term: Term) -> Any:
         """The customer's value of a segment term."""
@@ -88,9 +89,9 @@ class Facts:
             case "months":
                 return Decimal(fit.months)
             case "consent":
-                return self.consent
+                return self.contact.marketing_consent
             case "channel":
-                return self.channel
+                return self.contact.channel
             case "avg":
                 return fit.usage.get(str(term.arg))
             case "over":
@@ -98,21 +99,6 @@ class Facts:
             case "pref":
                 return self.prefs.get(str(term.arg))
         raise AssertionError(term)
-
-    def contact(self) -> Contact:
-        """The policy's view of this customer."""
-        return Contact(
-            marketing_consent=self.consent,
-            opted_out=self.opted_out,
-            suppressed=self.suppressed,
-            declined=self.declined,
-            timezone=self.timezone,
-            phone=self.phone,
-            channel=self.channel,
-            address=self.address,
-            contact_time=self.prefs.get("contact_time"),
-            recent=self.recent,
-        )
 
 
 def iter_facts(
@@ -132,18 +118,8 @@ def facts_batch(
     catalog = advisor.catalog(conn)
     usage_of = usage_query(catalog.metrics)
     lookback = advisor.config.fit.lookback
-    any_suppressed = conn.execute(select(func.count()).select_from(SUPPRESSION)).scalar_one() > 0
     customers = conn.execute(
-        select(
-            CUSTOMER.c.id,
-            CUSTOMER.c.name,
-            CUSTOMER.c.phone,
-            CUSTOMER.c.email,
-            CUSTOMER.c.timezone,
-            CUSTOMER.c.marketing_consent,
-            CUSTOMER.c.opted_out_at,
-            CUSTOMER.c.current_plan_id,
-        )
+        select(*CUSTOMER_COLUMNS)
         .where(CUSTOMER.c.id > after, CUSTOMER.c.erased_at.is_(None))
         .order_by(CUSTOMER.c.id)
         .limit(batch_size)
@@ -164,40 +140,28 @@ def facts_batch(
     needs = [needs_from(prefs.get(cid, {}), advisor.roles) for cid in ids]
     fits = fit_batch(catalog, batch, current, needs, advisor.config.fit, with_usage=True)
     over = _months_over(catalog, batch.quantity, batch.months, current)
-    channels = _channels(conn, customers, prefs, config, lo, hi)
-    recent = _recent(conn, lo, hi)
     declines = _declines(conn, lo, hi, now - advisor.config.decline_for)
-    suppressed = _suppressed(conn, channels.values()) if any_suppressed else set()
-    result = []
-    for b, c in enumerate(customers):
-        fit = fits[b]
-        channel, address = channels.get(c.id, (None, None))
-        declined = bool(
+    limit = advisor.config.decline_usage_change
+    declined = {
+        c.id: bool(
             fit.suggest
             and fit.best_plan
-            and _declined(
-                declines.get(c.id, ()), fit.best_plan, fit.usage, advisor.config.decline_usage_change
-            )
+            and _declined(declines.get(c.id, ()), fit.best_plan, fit.usage, limit)
         )
-        result.append(
-            Facts(
-                customer_id=c.id,
-                name=c.name,
-                phone=c.phone,
-                timezone=c.timezone,
-                consent=bool(c.marketing_consent),
-                opted_out=c.opted_out_at is not None,
-                channel=channel,
-                address=address,
-                prefs=prefs.get(c.id, {}),
-                fit=fit,
-                over=dict(zip(catalog.metrics, (int(x) for x in over[b]), strict=True)),
-                declined=declined,
-                suppressed=(channel, address) in suppressed,
-                recent=recent.get(c.id, ()),
-            )
+        for c, fit in zip(customers, fits, strict=True)
+    }
+    contacts = audience_contacts(conn, customers, prefs, config, declined=declined)
+    return [
+        Facts(
+            customer_id=c.id,
+            name=c.name,
+            prefs=prefs.get(c.id, {}),
+            fit=fits[b],
+            over=dict(zip(catalog.metrics, (int(x) for x in over[b]), strict=True)),
+            contact=contacts[c.id],
         )
-    return result
+        for b, c in enumerate(customers)
+    ]
 
 
 def _months_over(catalog: Catalog, quantity: Any, months: Any, current: Sequence[str | None]) -> Any:
@@ -211,66 +175,6 @@ def _months_over(catalog: Catalog, quantity: Any, months: Any, current: Sequence
     counted = np.arange(lookback)[None, :] < months[:, None]  # (B, L)
     over = (quantity > allowance[:, None, :]) & counted[:, :, None]
     return np.where((cur >= 0)[:, None], over.sum(axis=1), 0)
-
-
-def _channels(
-    conn: Connection,
-    customers: Sequence[Any],
-    prefs: Mapping[int, Mapping[str, Any]],
-    config: PolicyConfig,
-    lo: int,
-    hi: int,
-) -> dict[int, tuple[str | None, str | None]]:
-    """Each customer's channel and address (:func:`schedulers.proactive.pick_channel`), read for
-    the whole batch at once."""
-    identities: dict[tuple[int, str], str] = {}
-    if any(isinstance(p.get("contact_channel"), str) for p in prefs.values()):
-        for cid, channel, address in conn.execute(
-            select(IDENTITY.c.customer_id, IDENTITY.c.channel, IDENTITY.c.address)
-            .where(IDENTITY.c.customer_id.between(lo, hi))
-            .order_by(IDENTITY.c.id)
-        ):
-            identities[(cid, channel)] = address
-    latest = (
-        select(func.max(MESSAGE.c.id))
-        .where(
-            MESSAGE.c.customer_id.between(lo, hi),
-            MESSAGE.c.direction == Direction.IN,
-            MESSAGE.c.channel.in_(sorted(config.channels)),
-        )
-        .group_by(MESSAGE.c.customer_id)
-    )
-    last_in = {
-        cid: (channel, address)
-        for cid, channel, address in conn.execute(
-            select(MESSAGE.c.customer_id, MESSAGE.c.channel, MESSAGE.c.address).where(
-                MESSAGE.c.id.in_(latest)
-            )
-        )
-    }
-    result: dict[int, tuple[str | None, str | None]] = {}
-    for c in customers:
-        preferred = prefs.get(c.id, {}).get("contact_channel")
-        on_preferred = identities.get((c.id, preferred)) if isinstance(preferred, str) else None
-        result[c.id] = pick_channel(preferred, on_preferred, last_in.get(c.id), email=c.email, phone=c.phone)
-    return result
-
-
-def _recent(conn: Connection, lo: int, hi: int) -> dict[int, list[datetime]]:
-    rows = conn.execute(
-        select(
-            MESSAGE.c.customer_id, MESSAGE.c.sent_at, MESSAGE.c.next_attempt_at, MESSAGE.c.created_at
-        ).where(
-            MESSAGE.c.customer_id.between(lo, hi),
-            MESSAGE.c.direction == Direction.OUT,
-            MESSAGE.c.marketing.is_(True),
-            MESSAGE.c.status.in_(CAPPED_STATUSES),
-        )
-    )
-    recent: dict[int, list[datetime]] = defaultdict(list)
-    for cid, sent, due, created in rows:
-        recent[cid].append(sent or due or created)
-    return recent
 
 
 def _declines(conn: Connection, lo: int, hi: int, since: datetime) -> dict[int, list[tuple[str, Any]]]:
@@ -293,16 +197,13 @@ def _declined(
     return latest is not None and decline_holds(latest, usage, limit)
 
 
-def _suppressed(conn: Connection, pairs: Any) -> set[tuple[str | None, str | None]]:
-    by_hash = {address_hash(ch, ad): (ch, ad) for ch, ad in pairs if ch and ad}
-    if not by_hash:
-        return set()
-    rows = conn.execute(
-        select(SUPPRESSION.c.channel, SUPPRESSION.c.address_hash).where(
-            SUPPRESSION.c.address_hash.in_(list(by_hash))
-        )
-    )
-    return {by_hash[h] for ch, h in rows if by_hash[h][0] == ch}
+def judge(node: Node, facts: Facts, moment: datetime, config: PolicyConfig) -> Decision | None:
+    """Whether the broadcast goes to this customer at ``moment``: None when they are outside the
+    segment, else the audience's decision (now, deferred, or excluded by a named rule). Preview,
+    dry run and send all ask this, so they cannot disagree."""
+    if not evaluate(node, facts.value):
+        return None
+    return decide(facts.contact, moment, config)
 
 
 # -- templates ----------------------------------------------------------------------------------
@@ -471,17 +372,17 @@ def dry_run(
         for batch in iter_facts(conn, advisor, now, config, batch_size=batch_size):
             for facts in batch:
                 report.considered += 1
-                if not evaluate(node, facts.value):
+                decision = judge(node, facts, now, config)
+                if decision is None:
                     report.excluded[SEGMENT] += 1
                     continue
                 report.matched += 1
-                decision = decide(facts.contact(), now, config)
-                if decision.allowed or decision.deferred:
-                    report.would_queue += 1
-                    if decision.deferred:
-                        report.deferred[str(decision.reason)] += 1
-                else:
+                if decision.excluded:
                     report.excluded[str(decision.reason)] += 1
+                    continue
+                report.would_queue += 1
+                if decision.deferred:
+                    report.deferred[str(decision.reason)] += 1
     return report
 
 
@@ -515,10 +416,8 @@ def preview(
         template = compile_template(row["template"], catalog)
         for batch in iter_facts(conn, advisor, now, config, batch_size=500):
             for facts in batch:
-                if not evaluate(node, facts.value):
-                    continue
-                decision = decide(facts.contact(), now, config)
-                if not (decision.allowed or decision.deferred):
+                decision = judge(node, facts, now, config)
+                if decision is None or decision.excluded:
                     continue
                 text = render(template, template_context(facts, catalog))
                 found.append(
@@ -558,7 +457,7 @@ def parse_local_time(text: str) -> time:
 
 def local_moment(facts: Facts, at: datetime, local: time, config: PolicyConfig) -> datetime:
     """The first moment at or after ``at`` that is ``local`` o'clock in the customer's zone."""
-    zone = local_zone(facts.contact(), config)
+    zone = local_zone(facts.contact, config)
     end = (datetime.combine(datetime(2000, 1, 1), local) + timedelta(minutes=1)).time()
     if end <= local:  # 23:59 -> the window ends at midnight
         end = time(23, 59, 59, 999999)
@@ -730,16 +629,19 @@ def _send_batch(
     offered: dict[int, str] = {}  # customer -> the plan the message offers
     excluded: list[dict[str, Any]] = []
     for facts in batch:
-        if not evaluate(node, facts.value):
-            report.outside_segment += 1
-            continue
         if facts.customer_id in done:
-            report.already += 1
+            if evaluate(node, facts.value):
+                report.already += 1
+            else:
+                report.outside_segment += 1
             continue
         # Never a moment gone by: a job that ran late must not send at night.
         moment = max(local_moment(facts, start, local, config) if local else start, now)
-        decision: Decision = decide(facts.contact(), moment, config)
-        if not decision.allowed and not decision.deferred:
+        decision = judge(node, facts, moment, config)
+        if decision is None:
+            report.outside_segment += 1
+            continue
+        if decision.excluded:
             report.excluded[str(decision.reason)] += 1
             excluded.append(
                 {
