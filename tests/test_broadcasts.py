@@ -15,8 +15,9 @@ from sqlalchemy import Engine, insert, select, true, update
 from dialogs.advisor import Advisor
 from dialogs.engine import DialogEngine
 from schedulers import broadcasts as bc
+from schedulers.broadcasts import lifecycle
 from schedulers.policy import PolicyConfig, Skip
-from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT
+from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT, BroadcastStatus
 from storage.queries import address_hash
 from storage.tables import (
     CUSTOMER,
@@ -292,6 +293,44 @@ def test_cancel_stops_what_has_not_gone_and_status_counts_progress_and_results(
         bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
 
 
+def test_reading_a_broadcast_never_moves_its_state_the_job_records_it(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    bid = create(db, dialog.advisor)
+    bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    sent = messages(db)
+
+    def stored() -> str:
+        with db.connect() as conn:
+            return str(conn.execute(select(BROADCAST.c.status).where(BROADCAST.c.id == bid)).scalar_one())
+
+    with db.begin() as conn:  # one went: the broadcast is sending, as far as its messages say
+        conn.execute(update(MESSAGE).where(MESSAGE.c.id == sent[book["dana"]]["id"]).values(status="sent"))
+    assert bc.status(db, bid).status == "sending"
+    assert [b["status"] for b in bc.list_broadcasts(db)] == ["sending"]
+    assert stored() == "scheduled"  # reads derived it and wrote nothing
+    assert bc.settle(db) == {bid: "sending"}  # the broadcasts job records it
+    assert stored() == "sending"
+    with db.begin() as conn:  # the rest went
+        conn.execute(update(MESSAGE).where(MESSAGE.c.status == "queued").values(status="delivered"))
+    assert bc.status(db, bid).status == "done" and stored() == "sending"
+    with pytest.raises(bc.BroadcastError, match="nothing left to cancel"):
+        bc.cancel(db, bid, MORNING_NY)  # done, as derived, before any job recorded it
+    assert bc.settle(db) == {bid: "done"} and stored() == "done"
+    assert bc.settle(db) == {}
+
+
+def test_every_state_change_is_one_of_the_transitions_table() -> None:
+    states = set(BroadcastStatus)
+    assert set(bc.TRANSITIONS) == states
+    assert all(targets <= states for targets in bc.TRANSITIONS.values())
+    assert bc.TRANSITIONS[BroadcastStatus.DONE] == bc.TRANSITIONS[BroadcastStatus.CANCELLED] == frozenset()
+    reachable = {BroadcastStatus.DRAFT}
+    for _ in states:
+        reachable |= {t for s in reachable for t in bc.TRANSITIONS[s]}
+    assert reachable == states  # no state is left without a way in
+
+
 def test_preview_renders_real_recipients_with_sms_segments_and_cost(
     db: Engine, dialog: DialogEngine, book: dict[str, int]
 ) -> None:
@@ -457,7 +496,7 @@ def test_a_cancel_between_batches_stops_the_rest_of_the_preparation(
             conn.execute(update(BROADCAST).where(BROADCAST.c.id == bid).values(status="cancelled"))
         return real_facts(conn, *args, **kwargs)
 
-    monkeypatch.setattr(bc, "facts_batch", cancelled_during_the_first)
+    monkeypatch.setattr(lifecycle, "facts_batch", cancelled_during_the_first)
     report = bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY, batch_size=2)
     assert batches == 1 and report.queued == 1  # the first two customers; nobody after the cancel
     assert bc.status(db, bid).status == "cancelled"
