@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, exists, func, select
 
-from bot.channels.segments import Estimate, estimate
 from dialogs.advisor import Advisor
+from dialogs.sms_segments import Estimate, estimate
 from schedulers.audience import NO_CHANNEL_CONFIGURED
 from schedulers.broadcasts.facts import SEGMENT, iter_facts, judge
 from schedulers.broadcasts.lifecycle import get, message_counts, progress, state_of
