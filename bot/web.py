@@ -33,8 +33,9 @@ def make_outbox(runtime: Runtime, services: Sequence[ChannelService]) -> Outbox:
     return Outbox(runtime.db, senders, runtime.dialog.reply_options, lock=delivery_lock(runtime.db))
 
 
-def make_scheduler(runtime: Runtime, services: Sequence[ChannelService]) -> Scheduler:
-    """The scheduled jobs (suggestion scan, nudges, billing, recovery) for this process."""
+def make_scheduler(runtime: Runtime) -> Scheduler:
+    """The scheduled jobs (suggestion scan, nudges, broadcasts, billing, recovery) for this
+    process, under the runtime's contact policy (the configured channels)."""
     s = runtime.settings
     context = JobContext(
         db=runtime.db,
