@@ -1,4 +1,5 @@
-"""Wiring: settings -> database, question bank and dialog engine, built once per process."""
+"""Wiring: settings -> database, question bank, dialog engine and contact policy, built once per
+process."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from bot.settings import Settings
 from dialogs.bank import QuestionBank
 from dialogs.engine import DialogEngine
 from dialogs.taught import TaughtBankCache
+from schedulers.policy import PolicyConfig
 from storage.db import open_database
 
 
@@ -21,6 +23,7 @@ class Runtime:
     db: Engine
     bank: QuestionBank
     dialog: DialogEngine
+    policy: PolicyConfig  # the contact policy, on the configured channels (Settings.policy_config)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -29,4 +32,4 @@ def build_runtime(settings: Settings) -> Runtime:
     db = open_database(settings.database_url)
     taught = TaughtBankCache(bank)  # answers operators taught in the console
     dialog = DialogEngine(db, bank, settings.engine_config(), bank_provider=taught.get)
-    return Runtime(settings, db, bank, dialog)
+    return Runtime(settings, db, bank, dialog, settings.policy_config())

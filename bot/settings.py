@@ -157,8 +157,26 @@ class Settings(BaseSettings):
             handoff=self.handoff_config(),
         )
 
-    def policy_config(self, channels: frozenset[str] = frozenset({"sms", "telegram"})) -> PolicyConfig:
-        """The contact policy for proactive messages (on ``channels``)."""
+    def configured_channels(self) -> frozenset[str]:
+        """The channels whose settings are complete: ``telegram`` with ``TELEGRAM_BOT_TOKEN``, ``sms``
+        with ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN`` and ``TWILIO_FROM_NUMBER`` (or
+        ``TWILIO_MESSAGING_SERVICE_SID``): the same conditions under which ``rapport run`` starts
+        them."""
+        channels = set()
+        if self.telegram_bot_token is not None:
+            channels.add("telegram")
+        if (
+            self.twilio_account_sid
+            and self.twilio_auth_token is not None
+            and (self.twilio_from_number or self.twilio_messaging_service_sid)
+        ):
+            channels.add("sms")
+        return frozenset(channels)
+
+    def policy_config(self) -> PolicyConfig:
+        """The contact policy for proactive messages, on the configured channels. Built once per
+        process (:attr:`bot.runtime.Runtime.policy`); everything that asks who may be contacted
+        uses that one."""
         return PolicyConfig(
             window=Window.parse(self.contact_window),
             region_windows={k.upper(): Window.parse(v) for k, v in self.contact_window_by_region.items()},
@@ -166,7 +184,7 @@ class Settings(BaseSettings):
             default_region=self.default_region,
             cap=self.proactive_cap,
             cap_period=timedelta(days=self.proactive_cap_days),
-            channels=channels,
+            channels=self.configured_channels(),
         )
 
     def nudge_config(self) -> NudgeConfig:

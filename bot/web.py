@@ -33,14 +33,15 @@ def make_outbox(runtime: Runtime, services: Sequence[ChannelService]) -> Outbox:
     return Outbox(runtime.db, senders, runtime.dialog.reply_options, lock=delivery_lock(runtime.db))
 
 
-def make_scheduler(runtime: Runtime, services: Sequence[ChannelService]) -> Scheduler:
-    """The scheduled jobs (suggestion scan, nudges, billing, recovery) for this process."""
+def make_scheduler(runtime: Runtime) -> Scheduler:
+    """The scheduled jobs (suggestion scan, nudges, broadcasts, billing, recovery) for this
+    process, under the runtime's contact policy (the configured channels)."""
     s = runtime.settings
     context = JobContext(
         db=runtime.db,
         advisor=runtime.dialog.advisor,
         bank=runtime.bank,
-        policy=s.policy_config(frozenset(x.name for x in services)),
+        policy=runtime.policy,
         nudges=s.nudge_config(),
         billing=s.billing_config(),
         stuck_after=timedelta(minutes=s.stuck_sending_minutes),

@@ -25,11 +25,11 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, Connection, Engine, exists, insert, or_, select, true, update
 
 from dialogs.engine import ReplyOption
+from schedulers.audience import last_moment_refusals
 from schedulers.leader import AlwaysLeader, LeaderLock
-from storage.handoff import with_person
 from storage.models import DeliveryStatus, Direction, utcnow
 from storage.outreach_models import DELIVERY_ATTEMPT, OUTREACH_EVENT
-from storage.tables import CUSTOMER, MESSAGE
+from storage.tables import MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -345,30 +345,9 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 
 def _refusals(conn: Connection, customer_ids: set[int | None]) -> dict[int | None, str]:
-    """Why queued marketing may no longer go to these customers (absent: it may go)."""
-    found = {
-        row.id: row
-        for row in conn.execute(
-            select(
-                CUSTOMER.c.id, CUSTOMER.c.marketing_consent, CUSTOMER.c.opted_out_at, CUSTOMER.c.erased_at
-            ).where(CUSTOMER.c.id.in_([c for c in customer_ids if c is not None]))
-        )
-    }
-    handed = with_person(conn, customer_ids=[c for c in customer_ids if c is not None])
-    refusals: dict[int | None, str] = {}
-    for customer_id in customer_ids:
-        row = found.get(customer_id)
-        if customer_id is None:
-            refusals[customer_id] = "no customer"
-        elif row is None or row.erased_at is not None:
-            refusals[customer_id] = "erased"
-        elif row.opted_out_at is not None:
-            refusals[customer_id] = "opted out"
-        elif not row.marketing_consent:
-            refusals[customer_id] = "no consent"
-        elif customer_id in handed:
-            refusals[customer_id] = "with a person"
-    return refusals
+    """Why queued marketing may no longer go to these customers (absent: it may go): the audience
+    service's last-moment rule, the same standing rules every proactive send was decided by."""
+    return last_moment_refusals(conn, customer_ids)
 
 
 def _mark_unknown(

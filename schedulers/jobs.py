@@ -41,7 +41,7 @@ from sqlalchemy import Engine
 from dialogs.advisor import Advisor
 from dialogs.bank import QuestionBank
 from schedulers.billing import BillingConfig, BillingReport, deliver_switches
-from schedulers.broadcasts import SendReport, prepare_due
+from schedulers.broadcasts import SendReport, prepare_due, settle
 from schedulers.delivery import Recovery, recover_stuck
 from schedulers.handoff import close_idle_conversations, notify_timeouts
 from schedulers.leader import LeaderLock, leader_lock
@@ -141,9 +141,12 @@ def deliver_billing() -> BillingReport | None:
 
 
 def prepare_broadcasts() -> dict[int, SendReport]:
-    """Job: prepare the broadcasts scheduled for now (``rapport broadcast send --at``)."""
+    """Job: prepare the broadcasts scheduled for now (``rapport broadcast send --at``), and record
+    how far their messages have moved the prepared ones (sending, done)."""
     ctx = _bound()
     reports = prepare_due(ctx.db, ctx.advisor, ctx.policy, ctx.clock())
+    for broadcast_id, state in settle(ctx.db).items():
+        log.info("broadcast %d is %s", broadcast_id, state)
     for broadcast_id, report in reports.items():
         log.info(
             "broadcast %d prepared: %d queued (%d deferred), excluded %s",

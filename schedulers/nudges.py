@@ -6,7 +6,8 @@ the question policy (:func:`dialogs.policy.next_step`) still has a question to a
 further nudges ``spacing`` apart, at most ``max_nudges`` per silence: a message from the customer
 starts a new silence. Nudges are counted from the messages table (intent ``nudge``).
 
-Nudges are marketing: they pass the contact policy (:func:`schedulers.policy.decide`) and count
+Nudges are marketing: they ask the audience service (:mod:`schedulers.audience`: contact facts,
+then :func:`schedulers.policy.decide`) and count
 towards its frequency cap. A nudge is queued only when the policy allows it *now*; when it says
 "later" (quiet hours, the cap) nothing is queued and the next run (the job runs every hour)
 tries again, so a nudge never waits in the outbox while the customer may answer meanwhile.
@@ -22,13 +23,9 @@ from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 
 from dialogs.bank import QuestionBank
 from dialogs.policy import next_step
+from schedulers.audience import contact_of
 from schedulers.policy import PolicyConfig, decide
-from schedulers.proactive import (
-    contact_of,
-    lock_state,
-    queue_message,
-    record_event,
-)
+from schedulers.proactive import lock_state, queue_message, record_event
 from storage.models import Direction, PendingKind
 from storage.outreach_models import OUTREACH_EVENT
 from storage.tables import CUSTOMER, MESSAGE, STATE
@@ -163,12 +160,12 @@ def _one(
     if step.question is None or step.kind != PendingKind.ASK:
         return NudgeSkip.NOTHING_TO_ASK
     prefs = {key: fact.value for key, fact in facts.items()}
-    contact = contact_of(conn, customer_id, customer, prefs, policy)
+    contact = contact_of(conn, customer_id, policy, prefs=prefs)
     channel, address = contact.channel, contact.address
     decision = decide(contact, now, policy)
     if not decision.allowed:
         assert decision.reason is not None
-        if not decision.deferred and not _skip_recorded(conn, customer_id, last_in):
+        if decision.excluded and not _skip_recorded(conn, customer_id, last_in):
             # A hard rule: recorded once per silence (the job runs hourly), like the scan's skips.
             record_event(conn, customer_id, "nudge_skipped", decision.reason, None, None, now)
         return decision.reason

@@ -3,8 +3,9 @@ when? One pure function, :func:`decide`, used by every proactive send.
 
 Conversational replies to a customer's own message never come here: they are not marketing.
 
-Rules, in order. A *hard* rule skips the message (no ``next_allowed_at``); a *timing* rule defers
-it to the next moment every timing rule allows:
+Rules, in order. A *hard* rule (:data:`EXCLUSION_RULES`, each with the name recorded as the
+reason) skips the message (no ``next_allowed_at``); a *timing* rule defers it to the next moment
+every timing rule allows:
 
 - hard: marketing consent; not opted out; not erased; no person has (or is awaited for) the
   conversation (handoff: the bot is quiet meanwhile); the address not suppressed; the plan not
@@ -17,7 +18,7 @@ it to the next moment every timing rule allows:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -129,14 +130,20 @@ class Decision:
 
     @property
     def deferred(self) -> bool:
+        """Not now, but at ``next_allowed_at`` (a timing rule): the message is queued for then."""
         return not self.allowed and self.next_allowed_at is not None
+
+    @property
+    def excluded(self) -> bool:
+        """Never, on these facts (a hard rule, named by ``reason``): nothing is queued."""
+        return not self.allowed and self.next_allowed_at is None
 
 
 def decide(contact: Contact, now: datetime, config: PolicyConfig) -> Decision:
     """Whether a proactive message may go to ``contact`` at ``now`` (aware), and when if not."""
     if now.tzinfo is None:
         raise ValueError("decide() needs a timezone-aware time")
-    hard = _hard_reason(contact, config)
+    hard = refusal(contact, config)
     if hard is not None:
         return Decision(False, hard)
     window = contact_window(contact, config)
@@ -152,25 +159,42 @@ def decide(contact: Contact, now: datetime, config: PolicyConfig) -> Decision:
     return Decision(True)
 
 
-def _hard_reason(contact: Contact, config: PolicyConfig) -> str | None:
-    if contact.erased:
-        return Skip.ERASED
-    if contact.opted_out:
-        return Skip.OPTED_OUT
-    if not contact.marketing_consent:
-        return Skip.NO_CONSENT
-    if contact.with_person:
-        return Skip.WITH_PERSON
-    if contact.channel is None:
-        return Skip.NO_CHANNEL
-    if contact.channel not in config.channels:
-        return Skip.CHANNEL_UNAVAILABLE
-    if not contact.address:
-        return Skip.NO_ADDRESS
-    if contact.suppressed:
-        return Skip.SUPPRESSED
-    if contact.declined:
-        return Skip.DECLINED
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A hard rule of the policy: it excludes a contact when ``excludes`` says so; ``name`` is the
+    reason recorded (outreach events, a broadcast's exclusions by rule, the dry run)."""
+
+    name: str
+    excludes: Callable[[Contact, PolicyConfig], bool]
+
+
+# The customer's standing: facts that may change while a proactive message waits in the outbox,
+# so the delivery asks again at the last moment (schedulers.audience.last_moment_refusals). These
+# rules read only the contact, never the config.
+STANDING_RULES: tuple[Rule, ...] = (
+    Rule(Skip.ERASED, lambda c, _: c.erased),
+    Rule(Skip.OPTED_OUT, lambda c, _: c.opted_out),
+    Rule(Skip.NO_CONSENT, lambda c, _: not c.marketing_consent),
+    Rule(Skip.WITH_PERSON, lambda c, _: c.with_person),
+)
+
+# Every hard rule, in the order they are asked (the first that excludes names the reason). A new
+# exclusion goes here, with the fact it reads on Contact, filled in by schedulers.audience.
+EXCLUSION_RULES: tuple[Rule, ...] = (
+    *STANDING_RULES,
+    Rule(Skip.NO_CHANNEL, lambda c, _: c.channel is None),
+    Rule(Skip.CHANNEL_UNAVAILABLE, lambda c, config: c.channel not in config.channels),
+    Rule(Skip.NO_ADDRESS, lambda c, _: not c.address),
+    Rule(Skip.SUPPRESSED, lambda c, _: c.suppressed),
+    Rule(Skip.DECLINED, lambda c, _: c.declined),
+)
+
+
+def refusal(contact: Contact, config: PolicyConfig, rules: Sequence[Rule] = EXCLUSION_RULES) -> str | None:
+    """The name of the first of ``rules`` that excludes ``contact``, or None."""
+    for rule in rules:
+        if rule.excludes(contact, config):
+            return rule.name
     return None
 
 

@@ -1,7 +1,8 @@
 """The daily proactive-suggestion scan: every customer whose usage says another plan pays gets one
 personal message with the numbers and YES/NO, if the contact policy lets it go.
 
-A plain function of its inputs (the scheduler job calls it with the clock's time). Each customer
+A plain function of its inputs (the scheduler job calls it with the clock's time). Who may be
+contacted, where and when is the audience service's (:mod:`schedulers.audience`). Each customer
 is decided in a transaction of its own that holds the customer's dialog lock, so a re-run, or a
 customer texting meanwhile, never yields a second suggestion.
 """
@@ -20,23 +21,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from dialogs.advisor import Advisor, explain
 from plans.fit import Fit, fit_book
-from schedulers.policy import Contact, Decision, PolicyConfig, decide
-from storage.handoff import with_person
+from schedulers.audience import contact_of
+from schedulers.policy import Decision, PolicyConfig, decide
 from storage.models import DeliveryStatus, Direction, PendingKind
 from storage.outreach_models import OUTREACH_EVENT
-from storage.queries import is_suppressed
-from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, STATE
+from storage.tables import CUSTOMER, MESSAGE, PREFERENCE, STATE
 from storage.turns import unsent_suggestion
 
 SUGGESTION_INTENT = "suggestion"
-# Proactive messages that count against the frequency cap: all but those that never left.
-CAPPED_STATUSES = (
-    DeliveryStatus.QUEUED,
-    DeliveryStatus.SENDING,
-    DeliveryStatus.SENT,
-    DeliveryStatus.DELIVERED,
-    DeliveryStatus.UNKNOWN,
-)
 # The customer is answering something else: a suggestion now would hijack their YES/NO.
 _BUSY = (PendingKind.RECONFIRM, PendingKind.CONFIRM_FORGET, PendingKind.CONFIRM_STOP)
 
@@ -114,10 +106,10 @@ def _one(
     if not fit.suggest or fit.best_plan is None:
         skip(ScanSkip.NO_SUGGESTION)
         return
-    contact = contact_of(conn, customer_id, customer, prefs, config, declined=not advice.offer)
+    contact = contact_of(conn, customer_id, config, prefs=prefs, declined=not advice.offer)
     channel, address = contact.channel, contact.address
     decision = decide(contact, now, config)
-    if not decision.allowed and not decision.deferred:
+    if decision.excluded:
         assert decision.reason is not None
         skip(decision.reason, fit.best_plan)
         return
@@ -131,33 +123,6 @@ def _one(
         report.queued += 1
     else:
         report.deferred += 1
-
-
-def contact_of(
-    conn: Connection,
-    customer_id: int,
-    customer: Mapping[str, Any],
-    prefs: Mapping[str, Any],
-    config: PolicyConfig,
-    *,
-    declined: bool = False,
-) -> Contact:
-    """What the contact policy needs to know about a customer (``customer``: their row)."""
-    channel, address = channel_for(conn, customer, prefs, config)
-    return Contact(
-        marketing_consent=bool(customer["marketing_consent"]),
-        opted_out=customer["opted_out_at"] is not None,
-        erased=customer["erased_at"] is not None,
-        suppressed=bool(channel and address and suppressed(conn, channel, address)),
-        declined=declined,
-        timezone=customer["timezone"],
-        phone=customer["phone"],
-        channel=channel,
-        address=address,
-        contact_time=prefs.get("contact_time"),
-        recent=recent_proactive(conn, customer_id),
-        with_person=bool(with_person(conn, customer_ids=[customer_id])),
-    )
 
 
 def lock_state(conn: Connection, customer_id: int) -> Mapping[str, Any]:
@@ -209,71 +174,6 @@ def await_answers(conn: Connection, offered: Mapping[int, str]) -> None:
             ),
             [{"b_customer": c, "b_key": f"plan:{offered[c]}"} for c in ids if c in have],
         )
-
-
-def channel_for(
-    conn: Connection, customer: Mapping[str, Any], prefs: Mapping[str, Any], config: PolicyConfig
-) -> tuple[str | None, str | None]:
-    """The customer's channel and address (:func:`pick_channel`)."""
-    preferred = prefs.get("contact_channel")
-    on_preferred = None
-    if isinstance(preferred, str):
-        on_preferred = conn.execute(
-            select(IDENTITY.c.address)
-            .where(IDENTITY.c.customer_id == customer["id"], IDENTITY.c.channel == preferred)
-            .order_by(IDENTITY.c.id.desc())
-            .limit(1)
-        ).scalar()
-    last = conn.execute(
-        select(MESSAGE.c.channel, MESSAGE.c.address)
-        .where(
-            MESSAGE.c.customer_id == customer["id"],
-            MESSAGE.c.direction == Direction.IN,
-            MESSAGE.c.channel.in_(sorted(config.channels)),
-        )
-        .order_by(MESSAGE.c.id.desc())
-        .limit(1)
-    ).first()
-    last_in = (last[0], last[1]) if last is not None else None
-    return pick_channel(preferred, on_preferred, last_in, email=customer["email"], phone=customer["phone"])
-
-
-def pick_channel(
-    preferred: Any,
-    on_preferred: str | None,
-    last_in: tuple[str, str] | None,
-    *,
-    email: str | None,
-    phone: str | None,
-) -> tuple[str | None, str | None]:
-    """Where proactive messages go: the preferred channel (at the customer's latest address on
-    it, ``on_preferred``; email at their email; SMS falls back to their phone), else the channel
-    they last wrote on (of those proactive messages use), else SMS to their phone."""
-    if isinstance(preferred, str):
-        if preferred == "email":
-            return preferred, email
-        return preferred, on_preferred if on_preferred or preferred != "sms" else phone
-    if last_in is not None:
-        return last_in
-    return ("sms", phone) if phone else (None, None)
-
-
-def suppressed(conn: Connection, channel: str, address: str) -> bool:
-    """Whether the address belongs to an erased customer (never messaged unprompted)."""
-    return is_suppressed(conn, channel=channel, address=address)
-
-
-def recent_proactive(conn: Connection, customer_id: int) -> list[datetime]:
-    """When each proactive message of the customer went (or is due to go)."""
-    rows = conn.execute(
-        select(MESSAGE.c.sent_at, MESSAGE.c.next_attempt_at, MESSAGE.c.created_at).where(
-            MESSAGE.c.customer_id == customer_id,
-            MESSAGE.c.direction == Direction.OUT,
-            MESSAGE.c.marketing.is_(True),
-            MESSAGE.c.status.in_(CAPPED_STATUSES),
-        )
-    ).all()
-    return [sent or due or created for sent, due, created in rows]
 
 
 def queue_message(

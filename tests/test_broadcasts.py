@@ -4,6 +4,7 @@ status and cancel."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -14,9 +15,20 @@ from sqlalchemy import Engine, insert, select, true, update
 from dialogs.advisor import Advisor
 from dialogs.engine import DialogEngine
 from schedulers import broadcasts as bc
+from schedulers.broadcasts import lifecycle
 from schedulers.policy import PolicyConfig, Skip
-from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT
-from storage.tables import CUSTOMER, MESSAGE, STATE, SWITCH_REQUEST, USAGE
+from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT, BroadcastStatus
+from storage.queries import address_hash
+from storage.tables import (
+    CUSTOMER,
+    MESSAGE,
+    PLAN_DECLINE,
+    PREFERENCE,
+    STATE,
+    SUPPRESSION,
+    SWITCH_REQUEST,
+    USAGE,
+)
 from tests.test_dialog_plans import LIGHT, PHONE, setup_customer
 from tests.utils import Texter
 
@@ -139,6 +151,65 @@ def test_dry_run_counts_who_gets_it_and_who_is_excluded_by_which_rule(
     assert messages(db) == {}
 
 
+def test_the_dry_runs_counts_by_rule_are_what_send_queues_and_records(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    """Preview, dry run and send ask the same audience: on a book where every rule stops someone,
+    the dry run's counts by rule are the rows send writes, and the preview shows only recipients."""
+    more = {
+        "kai": add(db, "Kai", "+81312345678", timezone="Asia/Tokyo"),  # 23:00 in Tokyo: deferred
+        "lea": add(db, "Lea", "+14155550176"),  # prefers Telegram, where she has no chat
+        "mo": add(db, "Mo", "+14155550177"),  # declined Basic 5 GB last week
+        "noa": add(db, "Noa", "+14155550178"),  # her number belongs to an erased customer
+        "ora": add(db, "Ora", "+14155550179", marketing_consent=False, plan="unlimited", usage=HEAVY),
+    }
+    with db.begin() as conn:
+        conn.execute(
+            insert(PREFERENCE).values(
+                customer_id=more["lea"], key="contact_channel", value="telegram", source="stated",
+                stated_at=NIGHT_NY, confirmed_at=NIGHT_NY,
+            )
+        )  # fmt: skip
+        conn.execute(
+            insert(PLAN_DECLINE).values(
+                customer_id=more["mo"],
+                plan_id="basic-5",
+                usage={"data_gb": "2.1"},  # as now: the decline still holds
+                declined_at=MORNING_NY - timedelta(days=7),
+            )
+        )
+        conn.execute(
+            insert(SUPPRESSION).values(
+                channel="sms", address_hash=address_hash("sms", "+14155550178"), reason="erased",
+                created_at=NIGHT_NY,
+            )
+        )  # fmt: skip
+    bid = create(db, dialog.advisor)
+    dry = bc.dry_run(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    reasons = {Skip.NO_CONSENT, Skip.OPTED_OUT, Skip.NO_ADDRESS, Skip.DECLINED, Skip.SUPPRESSED, bc.SEGMENT}
+    assert set(dry.excluded) == reasons  # every rule is exercised
+    assert set(dry.deferred) == {Skip.FREQUENCY_CAP, Skip.QUIET_HOURS}
+    shown = bc.preview(
+        db, dialog.advisor, CONFIG, bid, MORNING_NY, price_per_segment=Decimal("0.01"), limit=100
+    )
+
+    report = bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(
+                BROADCAST_RECIPIENT.c.customer_id, BROADCAST_RECIPIENT.c.status, BROADCAST_RECIPIENT.c.reason
+            )
+        ).all()
+    queued = [r for r in rows if r.status == "queued"]
+    excluded = Counter(r.reason for r in rows if r.status == "excluded")
+    deferred = Counter(r.reason for r in queued if r.reason is not None)
+    assert len(messages(db, bid)) == len(queued) == report.queued == dry.would_queue
+    assert deferred == dry.deferred == report.deferred
+    assert excluded == Counter({k: v for k, v in dry.excluded.items() if k != bc.SEGMENT}) == report.excluded
+    assert report.outside_segment == dry.excluded[bc.SEGMENT] == dry.considered - len(rows)
+    assert sorted(p.customer_id for p in shown) == sorted(r.customer_id for r in queued)
+
+
 def test_send_queues_one_message_per_recipient_and_a_second_send_adds_none(
     db: Engine, dialog: DialogEngine, book: dict[str, int]
 ) -> None:
@@ -220,6 +291,44 @@ def test_cancel_stops_what_has_not_gone_and_status_counts_progress_and_results(
     assert bc.status(db, bid).status == "cancelled"
     with pytest.raises(bc.BroadcastError, match="cancelled"):
         bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+
+
+def test_reading_a_broadcast_never_moves_its_state_the_job_records_it(
+    db: Engine, dialog: DialogEngine, book: dict[str, int]
+) -> None:
+    bid = create(db, dialog.advisor)
+    bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY)
+    sent = messages(db)
+
+    def stored() -> str:
+        with db.connect() as conn:
+            return str(conn.execute(select(BROADCAST.c.status).where(BROADCAST.c.id == bid)).scalar_one())
+
+    with db.begin() as conn:  # one went: the broadcast is sending, as far as its messages say
+        conn.execute(update(MESSAGE).where(MESSAGE.c.id == sent[book["dana"]]["id"]).values(status="sent"))
+    assert bc.status(db, bid).status == "sending"
+    assert [b["status"] for b in bc.list_broadcasts(db)] == ["sending"]
+    assert stored() == "scheduled"  # reads derived it and wrote nothing
+    assert bc.settle(db) == {bid: "sending"}  # the broadcasts job records it
+    assert stored() == "sending"
+    with db.begin() as conn:  # the rest went
+        conn.execute(update(MESSAGE).where(MESSAGE.c.status == "queued").values(status="delivered"))
+    assert bc.status(db, bid).status == "done" and stored() == "sending"
+    with pytest.raises(bc.BroadcastError, match="nothing left to cancel"):
+        bc.cancel(db, bid, MORNING_NY)  # done, as derived, before any job recorded it
+    assert bc.settle(db) == {bid: "done"} and stored() == "done"
+    assert bc.settle(db) == {}
+
+
+def test_every_state_change_is_one_of_the_transitions_table() -> None:
+    states = set(BroadcastStatus)
+    assert set(bc.TRANSITIONS) == states
+    assert all(targets <= states for targets in bc.TRANSITIONS.values())
+    assert bc.TRANSITIONS[BroadcastStatus.DONE] == bc.TRANSITIONS[BroadcastStatus.CANCELLED] == frozenset()
+    reachable = {BroadcastStatus.DRAFT}
+    for _ in states:
+        reachable |= {t for s in reachable for t in bc.TRANSITIONS[s]}
+    assert reachable == states  # no state is left without a way in
 
 
 def test_preview_renders_real_recipients_with_sms_segments_and_cost(
@@ -387,7 +496,7 @@ def test_a_cancel_between_batches_stops_the_rest_of_the_preparation(
             conn.execute(update(BROADCAST).where(BROADCAST.c.id == bid).values(status="cancelled"))
         return real_facts(conn, *args, **kwargs)
 
-    monkeypatch.setattr(bc, "facts_batch", cancelled_during_the_first)
+    monkeypatch.setattr(lifecycle, "facts_batch", cancelled_during_the_first)
     report = bc.send(db, dialog.advisor, CONFIG, bid, MORNING_NY, batch_size=2)
     assert batches == 1 and report.queued == 1  # the first two customers; nobody after the cancel
     assert bc.status(db, bid).status == "cancelled"

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select
+
+from storage.db import make_engine
+from storage.tables import MESSAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def rapport(
     *args: str, db_url: str, cwd: Path, stdin: str = "", timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": db_url, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    # No channel from the caller's environment: a test configures the ones it wants.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "TWILIO_"))}
+    env = {**inherited, "DATABASE_URL": db_url, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "bot", *args],
         input=stdin,
@@ -60,6 +66,42 @@ def test_demo_then_chat_as_the_demo_customer(db_url: str, tmp_path: Path) -> Non
         "chat", "--phone", "+14155550105", db_url=db_url, cwd=tmp_path, stdin="hi\nsms\nevenings\n"
     )
     assert "spend on your phone plan" not in known.stdout
+
+
+def test_with_no_channel_configured_broadcast_dry_run_says_so_and_send_queues_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    assert rapport("demo", db_url=db_url, cwd=tmp_path).returncode == 0
+    template = tmp_path / "offer.txt"
+    template.write_text("Hi {{ name }}, {{ suggested_plan }} saves you {{ monthly_saving }} a month.")
+    created = rapport(
+        "broadcast", "create", "--name", "spring", "--segment", "consent", "--template", str(template),
+        db_url=db_url, cwd=tmp_path,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    broadcast_id = re.search(r"Broadcast (\d+) created", created.stdout)
+    assert broadcast_id, created.stdout
+    outbox_before = _outbox_rows(db_url)
+
+    dry = rapport("broadcast", "dry-run", broadcast_id.group(1), db_url=db_url, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "no channel is configured" in dry.stdout
+    found = re.search(r"(\d+) customers, (\d+) in the segment, (\d+) would get it", dry.stdout)
+    assert found and int(found.group(2)) > 0 and int(found.group(3)) == 0, dry.stdout
+    for when in ([], ["--at", "2099-01-01T09:00"]):
+        sent = rapport("broadcast", "send", broadcast_id.group(1), *when, db_url=db_url, cwd=tmp_path)
+        assert sent.returncode == 2, sent.stdout
+        assert "no channel is configured" in sent.stderr
+    assert _outbox_rows(db_url) == outbox_before  # 0 messages queued
+
+
+def _outbox_rows(db_url: str) -> int:
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(MESSAGE)).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def test_chat_rejects_a_bad_phone_number_with_a_hint(tmp_path: Path) -> None:

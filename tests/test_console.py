@@ -15,6 +15,7 @@ from decimal import Decimal
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import Engine, insert, select, update
 from sqlmodel import Session
 
@@ -43,9 +44,19 @@ class Clock:
         return self.now
 
 
-def make_runtime(db_url: str, db: Engine, bank: QuestionBank) -> Runtime:
+def make_runtime(db_url: str, db: Engine, bank: QuestionBank, *, channels: bool = True) -> Runtime:
+    """A runtime whose settings configure Twilio SMS (never called: the console sends nothing
+    itself), so the contact policy has a channel; ``channels=False``: none configured."""
     settings = Settings(database_url=db_url, _env_file=None)
-    return Runtime(settings, db, bank, DialogEngine(db, bank, EngineConfig()))
+    if channels:
+        settings = settings.model_copy(
+            update={
+                "twilio_account_sid": "AC" + "0" * 32,
+                "twilio_auth_token": SecretStr("console-test-token"),
+                "twilio_from_number": "+15005550006",
+            }
+        )
+    return Runtime(settings, db, bank, DialogEngine(db, bank, EngineConfig()), settings.policy_config())
 
 
 def make_user(db: Engine, email: str, role: str, password: str = PASSWORD) -> None:

@@ -6,22 +6,27 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from markupsafe import escape
 from sqlalchemy import Engine, func, insert, select, update
 
+from bot.console import ConsoleConfig
 from bot.console.broadcast_routes import status_json
+from bot.web import create_app
+from dialogs.bank import QuestionBank
 from schedulers import broadcasts as bc
 from storage.broadcast_models import BROADCAST
 from storage.console_queries import AUDIT
 from storage.tables import CUSTOMER, MESSAGE, PLAN_DECLINE, SWITCH_REQUEST
 from tests import test_broadcasts, test_console
 from tests.test_broadcasts import MORNING_NY, SEGMENT, TEMPLATE
-from tests.test_console import XSS, Console, login, make_user
+from tests.test_console import XSS, Clock, Console, login, make_runtime, make_user
 
 # The fixtures of the console and broadcast tests: a console app with op@ and admin@ accounts, and
 # six customers each stopped by another rule of the contact policy (or not).
@@ -254,6 +259,43 @@ def test_dry_run_shows_the_counts_and_exclusions_dry_run_gives(staff: Console) -
     assert counts(page, "deferred") == dict(expected.deferred) == {"frequency_cap": 1}
     assert "Excluded: outside the segment" in page and "Excluded: no consent" in page
     assert broadcast_messages(staff.db) == {}
+
+
+@pytest.fixture
+def unconfigured(db_url: str, db: Engine, bank: QuestionBank, book: dict[str, int]) -> Iterator[Console]:
+    """The console, logged in as staff, in a Rapport with no channel configured."""
+    runtime = make_runtime(db_url, db, bank, channels=False)
+    clock = Clock(MORNING_NY)
+    app = create_app(runtime, console=ConsoleConfig(idle_timeout=timedelta(minutes=30), clock=clock))
+    make_user(db, STAFF, "staff")
+    with TestClient(app) as client:
+        c = Console(client, runtime, clock, db)
+        assert login(c.client, STAFF)[0] == 303
+        yield c
+
+
+def test_with_no_channel_configured_the_dry_run_says_so_and_scheduling_queues_nothing(
+    unconfigured: Console,
+) -> None:
+    bid = create(unconfigured)
+    outbox_before = _outbox_rows(unconfigured.db)
+    page = unconfigured.client.get(f"/console/broadcasts/{bid}/dry-run").text
+    assert 'id="no-channel"' in page and "no channel is configured" in page
+    assert counts(page, "count")["would_queue"] == 0
+    assert counts(page, "count")["matched"] == 5  # the segment still counts: only the channel is missing
+    for form in ({"when": "now"}, {"when": "at", "at": "2026-04-07T15:00"}):
+        response = schedule(unconfigured, bid, **form)
+        assert response.status_code == 422, form
+        assert "no channel is configured" in html.unescape(response.text)
+    assert _outbox_rows(unconfigured.db) == outbox_before  # 0 rows queued
+    assert broadcast_messages(unconfigured.db) == {}
+    with unconfigured.db.connect() as conn:
+        assert conn.execute(select(BROADCAST.c.status)).scalar_one() == "draft"
+
+
+def _outbox_rows(db: Engine) -> int:
+    with db.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(MESSAGE)).scalar_one())
 
 
 def test_markup_in_names_segments_templates_and_previews_is_escaped(

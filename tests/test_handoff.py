@@ -381,7 +381,7 @@ def test_the_outbox_refuses_queued_marketing_while_a_person_has_the_conversation
     assert sender.sent == []
     with db.connect() as conn:
         row = conn.execute(select(MESSAGE.c.status, MESSAGE.c.error).where(MESSAGE.c.id == offer)).one()
-    assert tuple(row) == ("failed", "contact policy: with a person")
+    assert tuple(row) == ("failed", "contact policy: with person")
 
 
 def test_the_job_closes_silent_conversations_with_the_bot_but_not_those_for_a_person(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.channels.segments import GSM_BASIC, GSM_EXTENDED, MAX_CHARS, count, estimate, fit, to_gsm
+from dialogs.sms_segments import GSM_BASIC, GSM_EXTENDED, MAX_CHARS, count, estimate, fit, to_gsm
 
 CASES = [
     ("", "GSM-7", 0, 0),

@@ -26,7 +26,11 @@ def test_healthz_is_503_when_the_schema_is_missing(tmp_path: Path) -> None:
     runtime = build_runtime(Settings(database_url=f"sqlite:///{tmp_path}/r.db", _env_file=None))
     # Point the app at an empty database (as if it were wiped after start-up).
     empty = runtime.__class__(
-        runtime.settings, make_engine(f"sqlite:///{tmp_path}/empty.db"), runtime.bank, runtime.dialog
+        runtime.settings,
+        make_engine(f"sqlite:///{tmp_path}/empty.db"),
+        runtime.bank,
+        runtime.dialog,
+        runtime.policy,
     )
     with TestClient(create_app(empty)) as client:
         response = client.get("/healthz")

@@ -32,11 +32,11 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from bot.channels.segments import count, fit
 from bot.runtime import Runtime
 from dialogs import texts
 from dialogs.commands import CARRIER_KEYWORDS, detect_command
 from dialogs.engine import Inbound, ReplyOption, storable_text
+from dialogs.sms_segments import count, fit
 from schedulers.delivery import Outbox, Outgoing, SendError
 from schedulers.ratelimit import Limit, SharedLimiter
 from storage import turns as store

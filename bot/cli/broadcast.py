@@ -81,7 +81,7 @@ def preview(
     price = rt.settings.sms_price_per_segment
     try:
         shown = preview_broadcast(
-            rt.db, rt.dialog.advisor, rt.settings.policy_config(), broadcast_id, _now(),
+            rt.db, rt.dialog.advisor, rt.policy, broadcast_id, _now(),
             price_per_segment=price, limit=count,
         )  # fmt: skip
     except BroadcastError as exc:
@@ -105,9 +105,11 @@ def dry_run(broadcast_id: Annotated[int, typer.Argument(help="The broadcast id."
 
     rt = load_runtime()
     try:
-        r = dry_run_broadcast(rt.db, rt.dialog.advisor, rt.settings.policy_config(), broadcast_id, _now())
+        r = dry_run_broadcast(rt.db, rt.dialog.advisor, rt.policy, broadcast_id, _now())
     except BroadcastError as exc:
         raise fail(exc) from None
+    if r.no_channel:
+        console.print(f"[red]Nobody would get it: {r.no_channel_reason}.[/red]")
     console.print(f"{r.considered} customers, {r.matched} in the segment, {r.would_queue} would get it")
     for reason, n in r.deferred.most_common():
         console.print(f"  deferred (sent later), {reason}: {n}")
@@ -139,7 +141,7 @@ def send(
     rt = load_runtime()
     try:
         r = send_broadcast(
-            rt.db, rt.dialog.advisor, rt.settings.policy_config(), broadcast_id, _now(),
+            rt.db, rt.dialog.advisor, rt.policy, broadcast_id, _now(),
             at=start, local_time=local_time,
         )  # fmt: skip
     except (BroadcastError, ValueError) as exc:

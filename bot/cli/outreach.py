@@ -27,7 +27,7 @@ def outreach_scan() -> None:
     from storage.models import utcnow
 
     runtime = load_runtime()
-    report = scan(runtime.db, runtime.dialog.advisor, runtime.settings.policy_config(), utcnow())
+    report = scan(runtime.db, runtime.dialog.advisor, runtime.policy, utcnow())
     console.print(
         f"{report.considered} customers with a suggestion: {report.queued} queued to go now, "
         f"{report.deferred} deferred to their next allowed moment."

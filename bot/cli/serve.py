@@ -64,7 +64,7 @@ def run(
     for part in components(runtime.settings, services, host=host, port=port):
         table.add_row(part.name, "[green]on[/green]" if part.on else "[yellow]off[/yellow]", part.detail)
     console.print(table)
-    app = create_app(runtime, services, scheduler=make_scheduler(runtime, services))
+    app = create_app(runtime, services, scheduler=make_scheduler(runtime))
     uvicorn.run(app, host=host, port=port, log_level=runtime.settings.log_level.lower())
 
 

@@ -110,7 +110,8 @@ def broadcast_router(
     def broadcast_row(broadcast_id: int) -> Mapping[str, Any]:
         with db.connect() as conn:
             try:
-                return bc.get(conn, broadcast_id)
+                row = bc.get(conn, broadcast_id)
+                return {**row, "status": bc.state_of(conn, row)}  # as its messages say
             except bc.BroadcastError:
                 raise HTTPException(404, "no such broadcast") from None
 
@@ -155,7 +156,7 @@ def broadcast_router(
     ) -> HTMLResponse:
         row = broadcast_row(broadcast_id)
         now = clock()
-        policy = runtime.settings.policy_config()
+        policy = runtime.policy
         previews: list[bc.Preview] = []
         preview_error = ""
         report = None
@@ -176,7 +177,7 @@ def broadcast_router(
                 preview_error = str(exc)
         else:
             progress = bc.status(db, broadcast_id)
-            state = progress.status  # status() moves scheduled -> sending -> done
+            state = progress.status  # as its messages say: scheduled -> sending -> done
         if dry:
             report = bc.dry_run(db, advisor, policy, broadcast_id, now)
         done = request.query_params.get("done", "")
@@ -202,8 +203,7 @@ def broadcast_router(
 
     @router.get("")
     def broadcasts(request: Request, me: Staff) -> Response:
-        # A draft has no messages; the others' progress comes from status(), which also moves
-        # their state on as messages go.
+        # A draft has no messages; the others' progress comes from status() (a read).
         rows = [
             (b, None if b["status"] == BroadcastStatus.DRAFT else bc.status(db, b["id"]))
             for b in bc.list_broadcasts(db)
@@ -282,9 +282,7 @@ def broadcast_router(
                 local = f"{bc.parse_local_time(local_time):%H:%M}"
             elif when != "now":
                 raise ValueError("choose now, a date and time, or a local time")
-            report = bc.send(
-                db, advisor, runtime.settings.policy_config(), broadcast_id, now, at=start, local_time=local
-            )
+            report = bc.send(db, advisor, runtime.policy, broadcast_id, now, at=start, local_time=local)
         except ValueError as exc:  # BroadcastError too: a cancelled or finished broadcast
             form = {"when": when, "at": at, "local_time": local_time}
             return page(request, broadcast_id, status_code=422, error=str(exc), schedule=form)

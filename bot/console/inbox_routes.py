@@ -15,9 +15,9 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import Connection, RowMapping
 
-from bot.channels import segments
 from bot.console.auth import Principal
 from bot.runtime import Runtime
+from dialogs import sms_segments as segments
 from dialogs.advisor import Advice, money
 from dialogs.bank import QuestionBank
 from dialogs.parsing import format_value, parse_answer

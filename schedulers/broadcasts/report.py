@@ -1,0 +1,212 @@
+"""What a broadcast would do and what it did: dry run, preview, status and results. Reads only:
+nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Engine, Table, exists, func, select
+
+from dialogs.advisor import Advisor
+from dialogs.sms_segments import Estimate, estimate
+from schedulers.audience import NO_CHANNEL_CONFIGURED
+from schedulers.broadcasts.facts import SEGMENT, iter_facts, judge
+from schedulers.broadcasts.lifecycle import get, message_counts, progress, state_of
+from schedulers.broadcasts.templates import compile_template, render, template_context
+from schedulers.policy import PolicyConfig
+from schedulers.proactive import SUGGESTION_INTENT
+from schedulers.segment_filter import parse
+from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT, RecipientStatus
+from storage.models import DeliveryStatus, Direction
+from storage.tables import MESSAGE, PLAN_DECLINE, SWITCH_REQUEST
+
+
+@dataclass(slots=True)
+class DryRun:
+    """Who a broadcast would reach now: customers considered, in the segment, messages that would be
+    queued (``deferred`` of them to a later allowed moment, by reason), and exclusions by rule
+    (``segment`` for customers outside it, else the policy's reason)."""
+
+    considered: int = 0
+    matched: int = 0
+    would_queue: int = 0
+    deferred: Counter[str] = field(default_factory=Counter)
+    excluded: Counter[str] = field(default_factory=Counter)
+    no_channel: bool = False  # no channel is configured: nobody would get it
+
+    @property
+    def no_channel_reason(self) -> str:
+        """What to tell staff when :attr:`no_channel`."""
+        return NO_CHANNEL_CONFIGURED
+
+
+def dry_run(
+    db: Engine,
+    advisor: Advisor,
+    config: PolicyConfig,
+    broadcast_id: int,
+    now: datetime,
+    *,
+    batch_size: int = 5_000,
+) -> DryRun:
+    """Count who would get the broadcast if it were sent at ``now``, and who is excluded by what
+    (with no channel configured: nobody, and ``no_channel`` says so)."""
+    report = DryRun(no_channel=not config.channels)
+    with db.connect() as conn:
+        node = parse(get(conn, broadcast_id)["segment"])
+        for batch in iter_facts(conn, advisor, now, config, batch_size=batch_size):
+            for facts in batch:
+                report.considered += 1
+                decision = judge(node, facts, now, config)
+                if decision is None:
+                    report.excluded[SEGMENT] += 1
+                    continue
+                report.matched += 1
+                if decision.excluded:
+                    report.excluded[str(decision.reason)] += 1
+                    continue
+                report.would_queue += 1
+                if decision.deferred:
+                    report.deferred[str(decision.reason)] += 1
+    return report
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """One recipient's rendered text with its SMS cost."""
+
+    customer_id: int
+    name: str | None
+    channel: str | None
+    text: str
+    estimate: Estimate
+
+
+def preview(
+    db: Engine,
+    advisor: Advisor,
+    config: PolicyConfig,
+    broadcast_id: int,
+    now: datetime,
+    *,
+    price_per_segment: Decimal,
+    limit: int = 3,
+) -> list[Preview]:
+    """The text of the first ``limit`` customers of the segment the policy would let it reach."""
+    found: list[Preview] = []
+    with db.connect() as conn:
+        row = get(conn, broadcast_id)
+        node = parse(row["segment"])
+        catalog = advisor.catalog(conn)
+        template = compile_template(row["template"], catalog)
+        for batch in iter_facts(conn, advisor, now, config, batch_size=500):
+            for facts in batch:
+                decision = judge(node, facts, now, config)
+                if decision is None or decision.excluded:
+                    continue
+                text = render(template, template_context(facts, catalog))
+                found.append(
+                    Preview(
+                        facts.customer_id, facts.name, facts.channel, text, estimate(text, price_per_segment)
+                    )
+                )
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A broadcast's progress: message counts by delivery status (``cancelled`` included),
+    ``excluded`` recipients by reason, and results: recipients who answered its plan offer with
+    YES (``accepted``: a switch request) or NO (``declined``)."""
+
+    broadcast_id: int
+    name: str
+    status: str
+    recipients: int
+    messages: Mapping[str, int]
+    excluded: Mapping[str, int]
+    accepted: int
+    declined: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.messages.values())
+
+    @property
+    def finished(self) -> int:
+        """Messages that will not change any more (all but queued and sending)."""
+        return (
+            self.total
+            - self.messages.get(DeliveryStatus.QUEUED, 0)
+            - self.messages.get(DeliveryStatus.SENDING, 0)
+        )
+
+
+def status(db: Engine, broadcast_id: int) -> Status:
+    """Progress and results. Only reads: the state is derived from the messages
+    (:func:`~schedulers.broadcasts.lifecycle.progress`), never written here."""
+    with db.connect() as conn:
+        row = get(conn, broadcast_id)
+        rec = BROADCAST_RECIPIENT
+        messages = message_counts(conn, broadcast_id)
+        excluded = {
+            str(r): int(n)
+            for r, n in conn.execute(
+                select(rec.c.reason, func.count())
+                .where(rec.c.broadcast_id == broadcast_id, rec.c.status == RecipientStatus.EXCLUDED)
+                .group_by(rec.c.reason)
+            )
+        }
+        recipients = int(
+            conn.execute(select(func.count()).where(rec.c.broadcast_id == broadcast_id)).scalar_one()
+        )
+        accepted = _answered(conn, broadcast_id, SWITCH_REQUEST, SWITCH_REQUEST.c.created_at)
+        declined = _answered(conn, broadcast_id, PLAN_DECLINE, PLAN_DECLINE.c.declined_at)
+    state = progress(row["status"], messages)
+    return Status(broadcast_id, row["name"], state, recipients, messages, excluded, accepted, declined)
+
+
+def _answered(conn: Connection, broadcast_id: int, answers: Table, at: ColumnElement[Any]) -> int:
+    """Recipients whose answer (a switch request or a decline) was to this broadcast's offer:
+    given after the offer went out and before any later plan suggestion to them."""
+    rec, offer, later = BROADCAST_RECIPIENT, MESSAGE.alias("offer"), MESSAGE.alias("later")
+    superseded = exists().where(
+        later.c.customer_id == answers.c.customer_id,
+        later.c.direction == Direction.OUT,
+        later.c.intent == SUGGESTION_INTENT,
+        later.c.sent_at > offer.c.sent_at,
+        later.c.sent_at <= at,
+    )
+    query = (
+        select(func.count(func.distinct(answers.c.customer_id)))
+        .select_from(rec)
+        .join(offer, offer.c.id == rec.c.message_id)
+        .join(answers, answers.c.customer_id == rec.c.customer_id)
+        .where(
+            rec.c.broadcast_id == broadcast_id,
+            offer.c.intent == SUGGESTION_INTENT,
+            offer.c.sent_at.is_not(None),
+            at >= offer.c.sent_at,
+            ~superseded,
+        )
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def list_broadcasts(db: Engine) -> list[dict[str, Any]]:
+    """Every broadcast, newest first, each with its state now (:func:`state_of`)."""
+    with db.connect() as conn:
+        rows: list[dict[str, Any]] = [
+            dict(r._mapping) for r in conn.execute(select(BROADCAST).order_by(BROADCAST.c.id.desc()))
+        ]
+        for row in rows:
+            row["status"] = state_of(conn, row)
+    return rows
