@@ -28,9 +28,12 @@ log = logging.getLogger(__name__)
 
 def make_outbox(runtime: Runtime, services: Sequence[ChannelService]) -> Outbox:
     """The outbox that sends through the given channels (its loop: one process at a time on
-    SQLite, any number on PostgreSQL)."""
+    SQLite, any number on PostgreSQL); the channels are bound to it."""
     senders = {s.name: s.sender for s in services}
-    return Outbox(runtime.db, senders, runtime.dialog.reply_options, lock=delivery_lock(runtime.db))
+    outbox = Outbox(runtime.db, senders, runtime.dialog.reply_options, lock=delivery_lock(runtime.db))
+    for service in services:
+        service.bind(outbox)
+    return outbox
 
 
 def make_scheduler(runtime: Runtime, services: Sequence[ChannelService]) -> Scheduler:
@@ -58,7 +61,11 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app served by ``rapport run``: health, channel webhooks and the console
     (``console`` overrides the console's settings, e.g. a test clock)."""
-    outbox = outbox or make_outbox(runtime, services)
+    if outbox is None:
+        outbox = make_outbox(runtime, services)
+    else:
+        for service in services:
+            service.bind(outbox)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ from sqlalchemy import insert
 from bot.channels.sms import TwilioSender, build_sms_service
 from bot.runtime import build_runtime
 from bot.settings import Settings
+from dialogs import texts
 from schedulers.delivery import Outgoing, SendError
 from storage.models import DeliveryStatus, Direction, utcnow
 from storage.tables import MESSAGE
@@ -124,26 +125,33 @@ def test_help_and_the_stop_please_confirmation_by_sms(db_url: str) -> None:
         assert "opted out" in app.standin.wait_for(CUSTOMER_PHONE, count + 3)[count + 2]
 
 
-def test_pictures_and_empty_texts_get_text_only_please(db_url: str) -> None:
+def test_an_sms_picture_says_text_only_and_asks_the_pending_question_again(db_url: str) -> None:
     with serve_sms_app(db_url) as app:
-        app.sms("", sid="SMm1", media=1, MediaUrl0="https://api.twilio.com/media/ME1")
-        assert app.standin.wait_for(CUSTOMER_PHONE, 1) == [
-            "Sorry, I can only read text. Please reply in words, without pictures or files."
-        ]
+        app.sms("hi", sid="SMm0")
+        count = len(app.rows(MESSAGE.c.direction == Direction.OUT))
+        question = app.standin.wait_for(CUSTOMER_PHONE, count)[-1]
+        app.sms(
+            "",
+            sid="SMm1",
+            media=1,
+            MediaUrl0="https://api.twilio.com/media/ME1",
+            MediaContentType0="image/jpeg",
+        )
+        bodies = app.standin.wait_for(CUSTOMER_PHONE, count + 2)
+        assert bodies[count:] == [texts.TEXT_ONLY, question]
+        (picture,) = app.rows(MESSAGE.c.provider_message_id == "SMm1")
+        assert picture.intent == "media"
         app.sms("   ", sid="SMm2")
+        assert app.standin.wait_for(CUSTOMER_PHONE, count + 4)[count + 2 :] == [texts.EMPTY, question]
         app.sms("", sid="SMm1", media=1, MediaUrl0="https://api.twilio.com/media/ME1")  # a retry
-        app.sms("hi", sid="SMm3")
-        bodies = app.standin.wait_for(CUSTOMER_PHONE, 4)
-        assert bodies[1].startswith("Sorry, I can only read text")
-        assert "I'm Rapport" in bodies[2]  # the first real text is still greeted
         assert len(app.rows(MESSAGE.c.provider_message_id == "SMm1")) == 1
         app.sms("STOP", sid="SMm4", media=1)  # a keyword with a picture is still the keyword
-        assert app.standin.wait_for(CUSTOMER_PHONE, 5)[4].startswith("You're unsubscribed")
+        assert app.standin.wait_for(CUSTOMER_PHONE, count + 5)[count + 4].startswith("You're unsubscribed")
         app.sms("", sid="SMm5", media=1)  # opted out: not even "text only"
         app.sms("START", sid="SMm6")
-        bodies = app.standin.wait_for(CUSTOMER_PHONE, 6)
-        assert bodies[5].startswith("Welcome back")
-        assert not any(b.startswith("Sorry") for b in bodies[2:])
+        bodies = app.standin.wait_for(CUSTOMER_PHONE, count + 6)
+        assert bodies[count + 5].startswith("Welcome back")
+        assert bodies.count(texts.TEXT_ONLY) == 1
 
 
 def test_a_rate_limited_send_is_retried_and_arrives_once(db_url: str) -> None:

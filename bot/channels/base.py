@@ -6,7 +6,7 @@ from typing import Protocol
 
 from fastapi import APIRouter
 
-from schedulers.delivery import Sender
+from schedulers.delivery import Outbox, Sender
 
 
 class ChannelService(Protocol):
@@ -15,12 +15,15 @@ class ChannelService(Protocol):
     ``router`` holds its webhooks (None if it has none); ``start`` and ``stop`` run in the web
     app's lifespan (connect, register webhooks, start polling; finish or leave queued sends).
     ``start(receive=False)`` only readies the sender (``rapport worker``: no webhooks, no polling).
+    ``bind`` gives it the process's one outbox, through which it sends a turn's replies at once.
     """
 
     name: str
 
     @property
     def sender(self) -> Sender: ...
+
+    def bind(self, outbox: Outbox) -> None: ...
 
     def router(self) -> APIRouter | None: ...
 

@@ -54,7 +54,7 @@ from telegram.warnings import PTBDeprecationWarning
 
 from bot.runtime import Runtime
 from bot.settings import Settings
-from dialogs.engine import Inbound, ReplyOption
+from dialogs.engine import Inbound, Media, ReplyOption
 from schedulers.delivery import Outbox, Outgoing, SendError
 from schedulers.ratelimit import Limit, SharedLimiter
 from storage.db import transaction
@@ -320,7 +320,7 @@ class TelegramService:
             settings.telegram_rate_per_chat,
         )
         self._sender = TelegramSender(bot, self.limiter)
-        self.outbox = Outbox(runtime.db, {CHANNEL: self._sender}, runtime.dialog.reply_options)
+        self._outbox: Outbox | None = None
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._chat_locks: dict[str, asyncio.Lock] = {}
@@ -331,6 +331,11 @@ class TelegramService:
     @property
     def sender(self) -> TelegramSender:
         return self._sender
+
+    def bind(self, outbox: Outbox) -> None:
+        """Send a turn's replies through ``outbox`` as soon as the turn is stored (unbound, the
+        outbox loop sends them)."""
+        self._outbox = outbox
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -488,7 +493,7 @@ class TelegramService:
         if message.contact is not None:
             await self._on_contact(update, message)
             return
-        text = message.text or ""
+        text = message.text if message.text is not None else (message.caption or "")
         command, _, argument = text.partition(" ")
         command = command.split("@", 1)[0].lower() if command.startswith("/") else ""
         if command == "/link":
@@ -504,7 +509,7 @@ class TelegramService:
             return
         if command:
             text = command + (" " + argument if argument else "")  # "/help@RapportBot" -> "/help"
-        # Stickers, photos, voice...: an empty message, which the engine answers by asking again.
+        # Stickers, photos, voice...: media, which the engine answers by asking again.
         await self._turn(self._inbound(message, text))
 
     def _inbound(
@@ -521,6 +526,7 @@ class TelegramService:
             phone=phone,
             name=name,
             received_at=message.date.astimezone(UTC) if message.date else None,
+            media=_media(message),
         )
 
     async def _turn(self, inbound: Inbound) -> bool:
@@ -630,11 +636,16 @@ class TelegramService:
         if not message_ids:
             return
 
+        outbox = self._outbox
+        if outbox is None:
+            return
+
         async def job() -> None:
+            assert outbox is not None
             for message_id in sorted(message_ids):
                 if await self.limiter.held_for(chat) > INLINE_RETRY_MAX:
                     return  # a long 429 for this chat: the outbox loop sends the rest, in order
-                await self.outbox.deliver([message_id])
+                await outbox.deliver([message_id])
 
         self._background(chat, job)
 
@@ -657,6 +668,34 @@ class TelegramService:
             await self._sender.notice(chat_id, text, markup)
 
         self._background(str(chat_id), job)
+
+
+_MEDIA_KINDS = (
+    ("photo", "image"),
+    ("sticker", "sticker"),
+    ("animation", "video"),
+    ("video", "video"),
+    ("video_note", "video"),
+    ("voice", "audio"),
+    ("audio", "audio"),
+    ("document", "file"),
+    ("location", "location"),
+    ("venue", "location"),
+    ("poll", "poll"),
+    ("dice", "game"),
+    ("game", "game"),
+)
+
+
+def _media(message: Message) -> tuple[Media, ...]:
+    """What a message holds besides text, in the engine's words."""
+    found = []
+    for attribute, kind in _MEDIA_KINDS:
+        value = getattr(message, attribute, None)
+        if value:
+            content_type = getattr(value, "mime_type", None)
+            found.append(Media(kind, content_type if isinstance(content_type, str) else None))
+    return tuple(found)
 
 
 def _button_label(message: Message, data: str) -> str | None:
@@ -718,7 +757,7 @@ async def run_telegram(runtime: Runtime, *, stop: asyncio.Event | None = None) -
     service = build_telegram_service(runtime, mode="polling")
     if service is None:
         raise ValueError("set TELEGRAM_BOT_TOKEN (from @BotFather) to run the Telegram bot")
-    outbox = make_outbox(runtime, [service])
+    outbox = make_outbox(runtime, [service])  # binds the service to it
     stop = stop or asyncio.Event()
     await service.start()
     sending = asyncio.create_task(outbox.run(stop=stop))
