@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     resume_after_hours: float = Field(default=24, gt=0)
     skip_retry_hours: float = Field(default=24, ge=0)
     log_level: str = "INFO"
+    spool_path: Path = Path("rapport-spool.db")
 
     fit_lookback: int = Field(default=3, ge=1, le=24)
     min_saving_abs: Decimal = Field(default=Decimal("5.00"), ge=0)

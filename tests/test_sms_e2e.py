@@ -202,7 +202,7 @@ def test_delivery_failures_reported_by_callback_are_recorded(db_url: str) -> Non
 def test_a_status_for_an_unknown_message_is_acknowledged(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.channels.sms")
+    caplog.set_level(logging.INFO, logger="bot.intake")
     with serve_sms_app(db_url) as app:
         answer = app.post("/sms/status", {"MessageSid": "SMunknown", "MessageStatus": "delivered"})
         assert answer.status_code == 204

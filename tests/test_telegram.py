@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -55,7 +56,7 @@ RuntimeFactory = Callable[..., Runtime]
 
 
 @pytest.fixture
-def make_runtime(db_url: str, api: BotApiStandin) -> Iterator[RuntimeFactory]:
+def make_runtime(db_url: str, api: BotApiStandin, tmp_path: Path) -> Iterator[RuntimeFactory]:
     """Runtimes on the test database talking to the stand-in (their engines closed after)."""
     made: list[Runtime] = []
 
@@ -66,6 +67,7 @@ def make_runtime(db_url: str, api: BotApiStandin) -> Iterator[RuntimeFactory]:
             "telegram_api_base_url": api.root,
             "telegram_rate_per_second": 200.0,
             "telegram_rate_per_chat": 50.0,
+            "spool_path": tmp_path / "spool.db",
             **settings,
         }
         made.append(build_runtime(Settings(**values, _env_file=None)))

@@ -6,6 +6,7 @@ from typing import Protocol
 
 from fastapi import APIRouter
 
+from bot.intake import Intake
 from schedulers.delivery import Outbox, Sender
 
 
@@ -15,7 +16,8 @@ class ChannelService(Protocol):
     ``router`` holds its webhooks (None if it has none); ``start`` and ``stop`` run in the web
     app's lifespan (connect, register webhooks, start polling; finish or leave queued sends).
     ``start(receive=False)`` only readies the sender (``rapport worker``: no webhooks, no polling).
-    ``bind`` gives it the process's one outbox, through which it sends a turn's replies at once.
+    ``bind`` gives it the process's one intake (engine, or the spool while the database is down)
+    and one outbox, through which it sends a turn's replies at once.
     """
 
     name: str
@@ -23,7 +25,7 @@ class ChannelService(Protocol):
     @property
     def sender(self) -> Sender: ...
 
-    def bind(self, outbox: Outbox) -> None: ...
+    def bind(self, outbox: Outbox, intake: Intake) -> None: ...
 
     def router(self) -> APIRouter | None: ...
 

@@ -17,10 +17,8 @@ import logging
 import math
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -28,16 +26,16 @@ from urllib.parse import parse_qsl
 import requests
 from fastapi import APIRouter, BackgroundTasks, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from bot.channels.segments import count, fit
+from bot.intake import Intake, StatusReport, is_outage
 from bot.runtime import Runtime
 from dialogs.engine import Inbound, Media, ReplyOption
-from schedulers.delivery import Outbox, Outgoing, SendError, record_status
+from schedulers.delivery import Outbox, Outgoing, SendError
 from schedulers.ratelimit import Limit, SharedLimiter
 from storage.models import utcnow
 from storage.phones import to_e164
@@ -273,6 +271,7 @@ class SmsService:
         self.public_base_url = settings.public_base_url.rstrip("/")
         self._auth_token = settings.twilio_auth_token.get_secret_value()
         self._outbox: Outbox | None = None
+        self._intake: Intake | None = None
         self.status_grace = status_grace
         self.clock = clock
         self.client = client or Client(
@@ -294,9 +293,15 @@ class SmsService:
     def sender(self) -> TwilioSender:
         return self._sender
 
-    def bind(self, outbox: Outbox) -> None:
-        """Send a turn's replies through ``outbox`` as soon as the turn is stored."""
-        self._outbox = outbox
+    def bind(self, outbox: Outbox, intake: Intake) -> None:
+        """Hand what comes in to ``intake``; send a turn's replies through ``outbox`` at once."""
+        self._outbox, self._intake = outbox, intake
+
+    @property
+    def intake(self) -> Intake:
+        if self._intake is None:
+            raise RuntimeError("the SMS channel is not bound to an intake (create_app binds it)")
+        return self._intake
 
     async def start(self, *, receive: bool = True) -> None:
         if receive:
@@ -320,12 +325,14 @@ class SmsService:
                 message = self.inbound(form)
             except BadRequest as exc:
                 return _bad_request(request, exc)
-            result = await run_in_threadpool(self.runtime.dialog.handle, message)
+            result = await self.intake.turn(message)
+            if result is None:  # the database is down: kept in the spool, answered when it is back
+                return Response(TWIML_EMPTY, media_type="text/xml")
             if result.duplicate:
                 log.info("SMS %s was already handled (a Twilio retry)", message.provider_id)
             ids = [r.message_id for r in result.replies]
-            if ids and self._outbox is not None:
-                background.add_task(self._outbox.deliver, ids)
+            if ids:
+                background.add_task(self._deliver, ids)
             return Response(TWIML_EMPTY, media_type="text/xml")
 
         @router.post("/sms/status")
@@ -337,17 +344,23 @@ class SmsService:
                 report = status_report(form)
             except BadRequest as exc:
                 return _bad_request(request, exc)
-            deadline = time.monotonic() + self.status_grace
-            while not await run_in_threadpool(self._record, report):
-                if time.monotonic() >= deadline:
-                    # 200, not 404: Twilio does not retry a 404 anyway; it would only raise
-                    # debugger alerts for messages sent from elsewhere or erased here.
-                    log.info("SMS status %r for unknown message %s ignored", report.state, report.provider_id)
-                    break
-                await asyncio.sleep(0.05)
+            # 204 even for an unknown message (kept and tried again a while): Twilio does not
+            # retry a 404 anyway; it would only raise debugger alerts.
+            await self.intake.status(report, grace=self.status_grace)
             return Response(status_code=204)
 
         return router
+
+    async def _deliver(self, ids: list[int]) -> None:
+        """Send a turn's replies now; what fails here stays queued for the outbox loop."""
+        if self._outbox is None:
+            return
+        try:
+            await self._outbox.deliver(ids)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self.intake.outage.started(exc)
 
     def inbound(self, form: Mapping[str, str]) -> Inbound:
         """Twilio's message webhook as an :class:`Inbound`. Raises :class:`BadRequest`."""
@@ -362,17 +375,6 @@ class SmsService:
             phone=address,
             received_at=self.clock(),
             media=_media(form),
-        )
-
-    def _record(self, report: StatusReport) -> bool:
-        return record_status(
-            self.runtime.db,
-            channel=CHANNEL,
-            provider_id=report.provider_id,
-            state=report.state,
-            error=report.error,
-            opted_out=report.opted_out,
-            now=self.clock(),
         )
 
     async def _verified(self, request: Request) -> dict[str, str] | Response:
@@ -396,16 +398,6 @@ class SmsService:
         return form
 
 
-@dataclass(frozen=True, slots=True)
-class StatusReport:
-    """A delivery status callback, checked."""
-
-    provider_id: str
-    state: str
-    error: str | None
-    opted_out: bool
-
-
 def status_report(form: Mapping[str, str]) -> StatusReport:
     """Twilio's status callback, checked. Raises :class:`BadRequest`."""
     _no_nul(form)
@@ -417,7 +409,7 @@ def status_report(form: Mapping[str, str]) -> StatusReport:
     if code is not None and not _ERROR_CODE.fullmatch(code):
         raise BadRequest("ErrorCode is not a Twilio error number")
     error = f"Twilio error {code} (https://www.twilio.com/docs/api/errors/{code})" if code else None
-    return StatusReport(sid, state, error, code == UNSUBSCRIBED)
+    return StatusReport(CHANNEL, sid, state, error, opted_out=code == UNSUBSCRIBED)
 
 
 _SID = re.compile(r"[A-Za-z0-9]{1,64}")

@@ -52,6 +52,7 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
+from bot.intake import Intake, is_outage
 from bot.runtime import Runtime
 from bot.settings import Settings
 from dialogs.engine import Inbound, Media, ReplyOption
@@ -321,6 +322,7 @@ class TelegramService:
         )
         self._sender = TelegramSender(bot, self.limiter)
         self._outbox: Outbox | None = None
+        self._intake: Intake | None = None
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._chat_locks: dict[str, asyncio.Lock] = {}
@@ -332,10 +334,15 @@ class TelegramService:
     def sender(self) -> TelegramSender:
         return self._sender
 
-    def bind(self, outbox: Outbox) -> None:
-        """Send a turn's replies through ``outbox`` as soon as the turn is stored (unbound, the
-        outbox loop sends them)."""
-        self._outbox = outbox
+    def bind(self, outbox: Outbox, intake: Intake) -> None:
+        """Hand what comes in to ``intake``; send a turn's replies through ``outbox`` at once."""
+        self._outbox, self._intake = outbox, intake
+
+    @property
+    def intake(self) -> Intake:
+        if self._intake is None:
+            raise RuntimeError("the Telegram channel is not bound to an intake (make_outbox binds it)")
+        return self._intake
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -421,13 +428,18 @@ class TelegramService:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
                 continue
-            backoff = 1.0
             if not updates and time.monotonic() - asked < min(self.poll_timeout / 2, 1.0):
                 # The server answered at once (no long polling): do not spin.
                 await asyncio.sleep(self.idle_delay)
             for update in updates:
-                await self.process_update(update)
+                if not await self.process_update(update):
+                    break  # not confirmed: Telegram gives it (and what followed) again
                 self._offset = max(self._offset or 0, update.update_id + 1)
+            else:
+                backoff = 1.0
+                continue
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 60.0)
 
     # -- webhook -------------------------------------------------------------------------
 
@@ -467,12 +479,16 @@ class TelegramService:
     # -- updates -------------------------------------------------------------------------
 
     async def process_update(self, update: Update) -> bool:
-        """Handle one update; False (logged) when it failed and should come again."""
+        """Handle one update; False when the database is down and it should come again (a turn
+        is spooled instead; linking a chat needs the database). Any other failure is logged and
+        the update confirmed: Telegram would redeliver it forever."""
         try:
             await self._dispatch(update)
-        except Exception:
-            log.exception("Telegram update %d could not be handled", update.update_id)
-            return False
+        except Exception as exc:
+            if is_outage(exc):
+                self.intake.outage.started(exc)
+                return False
+            log.exception("Telegram update %d could not be handled; dropped", update.update_id)
         return True
 
     async def _dispatch(self, update: Update) -> None:
@@ -529,11 +545,11 @@ class TelegramService:
             media=_media(message),
         )
 
-    async def _turn(self, inbound: Inbound) -> bool:
-        """Run the engine and deliver its replies in the background; True if it was new."""
-        result = await asyncio.to_thread(self.runtime.dialog.handle, inbound)
-        self._deliver(inbound.address, [r.message_id for r in result.replies])
-        return not result.duplicate
+    async def _turn(self, inbound: Inbound) -> None:
+        """Run the engine (or spool the message) and deliver its replies in the background."""
+        result = await self.intake.turn(inbound)
+        if result is not None:
+            self._deliver(inbound.address, [r.message_id for r in result.replies])
 
     async def _on_button(self, update: Update) -> None:
         query = update.callback_query
@@ -553,8 +569,10 @@ class TelegramService:
             name=query.from_user.full_name,
             received_at=datetime.now(UTC),
         )
-        result = await asyncio.to_thread(self.runtime.dialog.handle, inbound)
+        result = await self.intake.turn(inbound)
         await self._optional("answerCallbackQuery", query.answer())
+        if result is None:  # spooled: answered when the database is back
+            return
         if not result.duplicate and message.text:
             await self._optional(
                 "editMessageText",
@@ -621,8 +639,11 @@ class TelegramService:
             try:
                 async with lock:
                     await job()
-            except Exception:
-                log.exception("a Telegram delivery to chat %s failed", chat)
+            except Exception as exc:
+                if is_outage(exc):  # what was not sent stays queued for the outbox loop
+                    self.intake.outage.started(exc)
+                else:
+                    log.exception("a Telegram delivery to chat %s failed", chat)
             finally:
                 self._chat_users[chat] -= 1
                 if not self._chat_users[chat]:
@@ -757,16 +778,20 @@ async def run_telegram(runtime: Runtime, *, stop: asyncio.Event | None = None) -
     service = build_telegram_service(runtime, mode="polling")
     if service is None:
         raise ValueError("set TELEGRAM_BOT_TOKEN (from @BotFather) to run the Telegram bot")
-    outbox = make_outbox(runtime, [service])  # binds the service to it
+    intake = Intake(runtime)
+    outbox = make_outbox(runtime, [service], intake=intake)  # binds the service to both
     stop = stop or asyncio.Event()
     await service.start()
     sending = asyncio.create_task(outbox.run(stop=stop))
+    replaying = asyncio.create_task(intake.run(stop=stop))
     try:
         await stop.wait()
     finally:
         stop.set()
         await sending
+        await replaying
         await service.stop()
+        intake.spool.close()
 
 
 def new_link_code(runtime: Runtime, phone: str) -> str:
