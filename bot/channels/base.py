@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from bot.intake import Intake
 from schedulers.delivery import Outbox, Sender
@@ -32,3 +32,16 @@ class ChannelService(Protocol):
     async def start(self, *, receive: bool = True) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None when it is larger than ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)

@@ -25,12 +25,13 @@ from urllib.parse import parse_qsl
 
 import requests
 from fastapi import APIRouter, BackgroundTasks, Request, Response
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+from bot.channels.base import read_body
 from bot.channels.segments import count, fit
 from bot.intake import Intake, StatusReport, is_outage
 from bot.runtime import Runtime
@@ -75,7 +76,9 @@ def verify_signature(auth_token: str, url: str, params: Mapping[str, str], signa
 def parse_form(body: bytes, content_type: str | None) -> dict[str, str]:
     """The fields of a form post, empty values kept. Raises :class:`BadRequest`."""
     if (content_type or "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
-        raise BadRequest(f"content type {content_type!r} is not application/x-www-form-urlencoded")
+        raise BadRequest(
+            f"content type {(content_type or '')[:80]!r} is not application/x-www-form-urlencoded"
+        )
     if len(body) > MAX_FORM_BYTES:
         raise BadRequest(f"form of {len(body)} bytes is larger than {MAX_FORM_BYTES}")
     try:
@@ -325,7 +328,12 @@ class SmsService:
                 message = self.inbound(form)
             except BadRequest as exc:
                 return _bad_request(request, exc)
-            result = await self.intake.turn(message)
+            try:
+                result = await self.intake.turn(message)
+            except DataError as exc:  # checked above; this is a last line of defence
+                return _bad_request(
+                    request, BadRequest(f"a value the database cannot store ({type(exc.orig).__name__})")
+                )
             if result is None:  # the database is down: kept in the spool, answered when it is back
                 return Response(TWIML_EMPTY, media_type="text/xml")
             if result.duplicate:
@@ -379,8 +387,14 @@ class SmsService:
 
     async def _verified(self, request: Request) -> dict[str, str] | Response:
         """The form of a request Twilio signed; a 400/403 response otherwise."""
+        body = await read_body(request, MAX_FORM_BYTES)
+        if body is None:
+            log.warning(
+                "SMS webhook %s rejected with 413: larger than %d bytes", request.url.path, MAX_FORM_BYTES
+            )
+            return Response("request too large\n", status_code=413, media_type="text/plain")
         try:
-            form = parse_form(await request.body(), request.headers.get("content-type"))
+            form = parse_form(body, request.headers.get("content-type"))
         except BadRequest as exc:
             return _bad_request(request, exc)
         url = public_url(self.public_base_url, request.url.path, request.url.query)

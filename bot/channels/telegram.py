@@ -52,10 +52,11 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
+from bot.channels.base import read_body
 from bot.intake import Intake, is_outage
 from bot.runtime import Runtime
 from bot.settings import Settings
-from dialogs.engine import Inbound, Media, ReplyOption
+from dialogs.engine import Inbound, Media, ReplyOption, storable_text
 from schedulers.delivery import Outbox, Outgoing, SendError
 from schedulers.ratelimit import Limit, SharedLimiter
 from storage.db import transaction
@@ -77,6 +78,8 @@ WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_TEXT = 4096  # Telegram's limit for one message, in UTF-16 code units
 MAX_CALLBACK_DATA = 64  # bytes
+MAX_BODY_BYTES = 1024 * 1024  # a webhook call larger than this is not an update Telegram sends
+MAX_ID = 2**63 - 1  # Telegram's ids fit in 64 bits
 INLINE_RETRY_MAX = 5.0  # a 429 asking to wait at most this long is waited out within the send
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 COMMANDS = (
@@ -464,15 +467,26 @@ class TelegramService:
         if not hmac.compare_digest(secret.encode(), self.webhook_secret.encode()):
             log.warning("Telegram webhook call from %s refused: wrong or missing secret token", client)
             return Response(status_code=403)
-        body = await request.body()
+        body = await read_body(request, MAX_BODY_BYTES)
+        if body is None:
+            log.warning(
+                "Telegram webhook call from %s refused with 413: over %d bytes", client, MAX_BODY_BYTES
+            )
+            return Response(status_code=413)
         try:
             data = json.loads(body)
             if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
                 raise ValueError("not a Telegram update")
-            update = Update.de_json(data, self.bot)
-        except Exception as exc:
+        except ValueError as exc:
             log.warning("Telegram webhook call from %s refused: malformed update (%s)", client, exc)
             return Response(status_code=400)
+        try:
+            update = Update.de_json(data, self.bot)
+        except Exception as exc:  # an update Telegram would deliver again and again: confirm it
+            log.warning(
+                "Telegram update %s ignored: malformed (%s: %s)", data["update_id"], type(exc).__name__, exc
+            )
+            return Response(status_code=200)
         ok = await self.process_update(update)
         return Response(status_code=200 if ok else 503)
 
@@ -492,6 +506,10 @@ class TelegramService:
         return True
 
     async def _dispatch(self, update: Update) -> None:
+        problem = _malformed(update)
+        if problem is not None:
+            log.warning("Telegram update %s ignored: %s", update.update_id, problem)
+            return
         if update.callback_query is not None:
             await self._on_button(update)
             return
@@ -532,7 +550,7 @@ class TelegramService:
         self, message: Message, text: str, *, choice: str | None = None, phone: str | None = None
     ) -> Inbound:
         user = message.from_user
-        name = user.full_name if user is not None else None
+        name = _name(user.full_name) if user is not None else None
         return Inbound(
             channel=CHANNEL,
             address=str(message.chat.id),
@@ -566,7 +584,7 @@ class TelegramService:
             text=label,
             provider_id=f"cb:{query.id}",
             choice=data,
-            name=query.from_user.full_name,
+            name=_name(query.from_user.full_name),
             received_at=datetime.now(UTC),
         )
         result = await self.intake.turn(inbound)
@@ -717,6 +735,35 @@ def _media(message: Message) -> tuple[Media, ...]:
             content_type = getattr(value, "mime_type", None)
             found.append(Media(kind, content_type if isinstance(content_type, str) else None))
     return tuple(found)
+
+
+def _malformed(update: Update) -> str | None:
+    """What makes an update unusable (fields of the wrong type or size), or None."""
+    query = update.callback_query
+    if query is not None:
+        if not isinstance(query.id, str) or not 0 < len(query.id) <= 64:
+            return "a callback query id that is not a short string"
+        if query.data is not None and not isinstance(query.data, str):
+            return "callback data that is not a string"
+    for message in (update.message, update.edited_message, query.message if query is not None else None):
+        if message is None:
+            continue
+        if not isinstance(message, Message):
+            return "a message that is not an object"
+        chat = getattr(message, "chat", None)
+        if chat is None or not isinstance(chat.id, int) or not -MAX_ID <= chat.id <= MAX_ID:
+            return "a message without a chat id"
+        if not isinstance(message.message_id, int) or not 0 <= message.message_id <= MAX_ID:
+            return "a message id out of range"
+        for field in ("text", "caption"):
+            if not isinstance(getattr(message, field, None), str | None):
+                return f"a {field} that is not a string"
+    return None
+
+
+def _name(full_name: object) -> str | None:
+    """A sender's name as it can be stored (Telegram allows 64 characters per part)."""
+    return storable_text(full_name)[:200] if isinstance(full_name, str) else None
 
 
 def _button_label(message: Message, data: str) -> str | None:
