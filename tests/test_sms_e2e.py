@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from bot.channels.sms import TwilioSender, build_sms_service
 from bot.runtime import build_runtime
@@ -14,6 +14,7 @@ from bot.settings import Settings
 from dialogs import texts
 from schedulers.delivery import Outgoing, SendError
 from storage.models import DeliveryStatus, Direction, utcnow
+from storage.outreach_models import DELIVERY_ATTEMPT
 from storage.tables import MESSAGE
 from tests.twilio_standin import CUSTOMER_PHONE, Failure, SmsApp, serve_sms_app
 from tests.utils import Texter
@@ -258,3 +259,27 @@ def test_sms_stays_off_without_twilio_settings(db_url: str) -> None:
     assert service(twilio_account_sid="AC1") is None
     with pytest.raises(ValueError, match="PUBLIC_BASE_URL"):
         service(twilio_account_sid="AC1", twilio_auth_token="tok-123", twilio_from_number="+15005550006")
+
+
+def test_every_send_records_its_attempt_whatever_the_order_of_callbacks(db_url: str) -> None:
+    # The stand-in reports "sent" then "delivered" the moment it has accepted a message, often
+    # before the outbox has recorded the send.
+    with serve_sms_app(db_url) as app:
+        for i in range(6):
+            app.sms(["hi", "text", "evenings", "skip", "why", "help"][i], sid=f"SMcb{i}")
+        app.wait_until(
+            lambda: all(r.status == "delivered" for r in app.rows(MESSAGE.c.direction == "out")), timeout=30
+        )
+        out = app.rows(MESSAGE.c.direction == "out")
+        with app.runtime.db.connect() as conn:
+            rows = conn.execute(
+                select(
+                    DELIVERY_ATTEMPT.c.message_id,
+                    DELIVERY_ATTEMPT.c.outcome,
+                    DELIVERY_ATTEMPT.c.provider_message_id,
+                )
+            ).all()
+        assert sorted(r.message_id for r in rows) == sorted(r.id for r in out)
+        assert {r.outcome for r in rows} == {"sent"}
+        assert {r.provider_message_id for r in rows} == {r.provider_message_id for r in out}
+        assert len(app.standin.to(CUSTOMER_PHONE)) == len(out)
