@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from rich.table import Table
 
 from bot.cli_broadcast import broadcast_app
 from bot.cli_data import import_app, plans_app
+from bot.logs import configure_logging
 from bot.runtime import Runtime, build_runtime
 from bot.settings import Settings, get_settings
 from dialogs.bank import BankError
@@ -43,12 +43,8 @@ def _settings() -> Settings:
             err.print(f"[red]Setting {name}:[/red] {error['msg']}")
         err.print("Fix it in .env or the environment (see .env.example).")
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(message)s",
-        handlers=[RichHandler(console=err, show_path=False)],
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations say what they did themselves
+    # Libraries (alembic, httpx, twilio...) at LIBRARY_LOG_LEVEL; secrets redacted everywhere.
+    configure_logging(settings, RichHandler(console=err, show_path=False))
     return settings
 
 
