@@ -291,6 +291,9 @@ class Intake:
     def status_now(self, report: StatusReport) -> bool:
         """Record a status now (in a worker thread); False if the message is unknown. While the
         database is down the report is spooled (True)."""
+        if self.outage.down:  # known to be down: do not wait on it; the replay notices it is back
+            self._put(STATUS, asdict(report))
+            return True
         try:
             known = self._record(report)
         except Exception as exc:
