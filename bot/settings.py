@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     resume_after_hours: float = Field(default=24, gt=0)
     skip_retry_hours: float = Field(default=24, ge=0)
     log_level: str = "INFO"
+    library_log_level: str = "WARNING"
+    spool_path: Path = Path("rapport-spool.db")
 
     fit_lookback: int = Field(default=3, ge=1, le=24)
     min_saving_abs: Decimal = Field(default=Decimal("5.00"), ge=0)
@@ -88,6 +90,14 @@ class Settings(BaseSettings):
     console_idle_minutes: float = Field(default=30, gt=0)
     console_max_failures: int = Field(default=5, ge=1)
     console_lockout_minutes: float = Field(default=15, gt=0)
+
+    @field_validator("log_level", "library_log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        level = v.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
 
     @field_validator("default_region")
     @classmethod

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from bot.channels.base import ChannelService
 from bot.console import ConsoleConfig, mount_console
+from bot.intake import Intake
 from bot.runtime import Runtime
 from schedulers.delivery import Outbox
 from schedulers.jobs import JobContext, Scheduler, run_scheduler
@@ -26,11 +27,18 @@ from storage.db import database_status
 log = logging.getLogger(__name__)
 
 
-def make_outbox(runtime: Runtime, services: Sequence[ChannelService]) -> Outbox:
+def make_outbox(
+    runtime: Runtime, services: Sequence[ChannelService], *, intake: Intake | None = None
+) -> Outbox:
     """The outbox that sends through the given channels (its loop: one process at a time on
-    SQLite, any number on PostgreSQL)."""
+    SQLite, any number on PostgreSQL); the channels are bound to it and to ``intake`` (a new
+    one if not given)."""
     senders = {s.name: s.sender for s in services}
-    return Outbox(runtime.db, senders, runtime.dialog.reply_options, lock=delivery_lock(runtime.db))
+    outbox = Outbox(runtime.db, senders, runtime.dialog.reply_options, lock=delivery_lock(runtime.db))
+    intake = intake or Intake(runtime)
+    for service in services:
+        service.bind(outbox, intake)
+    return outbox
 
 
 def make_scheduler(runtime: Runtime) -> Scheduler:
@@ -61,7 +69,12 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app served by ``rapport run``: health, channel webhooks and the console
     (``console`` overrides the console's settings, e.g. a test clock)."""
-    outbox = outbox or make_outbox(runtime, services)
+    intake = Intake(runtime)
+    if outbox is None:
+        outbox = make_outbox(runtime, services, intake=intake)
+    else:
+        for service in services:
+            service.bind(outbox, intake)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,12 +82,14 @@ def create_app(
         stop = asyncio.Event()
         sending: asyncio.Task[None] | None = None
         scheduling: asyncio.Task[None] | None = None
+        replaying: asyncio.Task[None] | None = None
         try:
             for service in services:
                 await service.start()
                 started.append(service)
             if services:
                 sending = asyncio.create_task(outbox.run(stop=stop))
+                replaying = asyncio.create_task(intake.run(stop=stop))
             if scheduler is not None:
                 scheduling = asyncio.create_task(run_scheduler(scheduler, stop))
             yield
@@ -84,6 +99,9 @@ def create_app(
                 await sending
             if scheduling is not None:
                 await scheduling
+            if replaying is not None:
+                await replaying
+                intake.spool.close()
             for service in reversed(started):
                 try:
                     await service.stop()
@@ -93,6 +111,7 @@ def create_app(
     app = FastAPI(title="Rapport", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.outbox = outbox
+    app.state.intake = intake
     for service in services:
         router = service.router()
         if router is not None:

@@ -36,12 +36,26 @@ _ATTEMPTS = 4
 
 
 @dataclass(frozen=True, slots=True)
+class Media:
+    """Something other than text that came with a message (a picture, a sticker, a location...).
+
+    ``kind`` is what it is in general words ("image", "sticker", "location", "audio", "file"...);
+    ``content_type`` and ``url`` are the provider's, when it gives them.
+    """
+
+    kind: str
+    content_type: str | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Inbound:
     """A message as a channel received it.
 
     ``address`` identifies the sender on ``channel`` (a phone number, a chat id). ``phone`` is set
     by channels that vouch for the sender's number, so the message joins the customer known by it.
-    ``choice`` is a button press: the option value the customer picked.
+    ``choice`` is a button press: the option value the customer picked. ``media``: what came
+    besides text (the engine answers a message with media and no text the same on every channel).
     """
 
     channel: str
@@ -52,6 +66,7 @@ class Inbound:
     phone: str | None = None
     name: str | None = None
     received_at: datetime | None = None
+    media: tuple[Media, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,10 +369,7 @@ class _Turn:
         if self.inbound.choice is not None and self._button(self.inbound.choice):
             return
         if not text:
-            self.intent("empty")
-            if not first_contact:
-                self.say(texts.EMPTY, "fallback")
-            self.ask_next()
+            self._no_text(first_contact=first_contact)
             return
         if handoff.asks_for_person(self.text):
             self._want_person("asked")
@@ -381,6 +393,15 @@ class _Turn:
         if self.state.pending_kind == PendingKind.RECONFIRM and self._reconfirm(self.text):
             return
         self._answer(self.text, first_contact=first_contact)
+
+    def _no_text(self, *, first_contact: bool) -> None:
+        """An empty message, or only a picture, sticker, location...: say so briefly (not to a
+        newcomer, who was just greeted) and ask the pending question again."""
+        media = bool(self.inbound.media)
+        self.intent("media" if media else "empty")
+        if not first_contact:
+            self.say(texts.TEXT_ONLY if media else texts.EMPTY, "fallback")
+        self.ask_next()
 
     # -- replies ----------------------------------------------------------------------------
 

@@ -22,32 +22,55 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Connection, Engine, exists, insert, or_, select, true, update
+from sqlalchemy import ColumnElement, Connection, Engine, exists, func, insert, or_, select, true, update
 
 from dialogs.engine import ReplyOption
 from schedulers.audience import last_moment_refusals
 from schedulers.leader import AlwaysLeader, LeaderLock
 from storage.models import DeliveryStatus, Direction, utcnow
 from storage.outreach_models import DELIVERY_ATTEMPT, OUTREACH_EVENT
-from storage.tables import MESSAGE
+from storage.tables import CUSTOMER, IDENTITY, MESSAGE
 
 log = logging.getLogger(__name__)
+
+# CTIA: an opted-out number still gets the opt-out confirmation, the opt-in one, and HELP answers.
+ALLOWED_WHILE_OPTED_OUT = frozenset({"opt_out", "opt_in", "help"})
+OPTED_OUT_REASON = "recipient opted out"
+
+# Providers' final message states -> ours (every channel's status callbacks). A provider's
+# "queued"/"accepted"/"sending"/"sent" mean it has the message: for us that is already "sent".
+DELIVERY_STATES: Mapping[str, DeliveryStatus] = {
+    "delivered": DeliveryStatus.DELIVERED,
+    "read": DeliveryStatus.DELIVERED,
+    "undelivered": DeliveryStatus.UNDELIVERED,
+    "failed": DeliveryStatus.FAILED,
+    "canceled": DeliveryStatus.FAILED,
+}
+_BEFORE_FINAL = (DeliveryStatus.SENDING, DeliveryStatus.SENT, DeliveryStatus.UNKNOWN)
 
 
 class SendError(Exception):
     """A channel could not send a message. ``retryable``: trying again later may work
     (rate limits, timeouts, 5xx); ``retry_after``: how long the provider asked us to wait;
     ``ambiguous``: the request may have reached the provider (a timeout waiting for its answer,
-    a 5xx), so marketing is not tried again (at most once) but reported ``unknown``."""
+    a 5xx), so marketing is not tried again (at most once) but reported ``unknown``;
+    ``opted_out``: the provider says the recipient unsubscribed (the outbox records the opt-out)."""
 
     def __init__(
-        self, reason: str, *, retryable: bool, retry_after: float | None = None, ambiguous: bool = False
+        self,
+        reason: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        ambiguous: bool = False,
+        opted_out: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after
         self.ambiguous = ambiguous
+        self.opted_out = opted_out
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +292,12 @@ class Outbox:
             marketing = {r.customer_id for r in rows if r.marketing}
             refusals = _refusals(conn, marketing) if marketing else {}
             refused = {r.id for r in rows if r.marketing and r.customer_id in refusals}
+            opted_out = _opted_out_replies(conn, [r for r in rows if not r.marketing])
+            if opted_out:
+                _refuse_opted_out(conn, [r for r in rows if r.id in opted_out], now)
+                refused |= opted_out
             for row in rows:
-                if row.id in refused:
+                if row.id in refused and row.id not in opted_out:
                     conn.execute(
                         update(MESSAGE)
                         .where(MESSAGE.c.id == row.id)
@@ -324,6 +351,29 @@ class Outbox:
                 .values(**values)
                 .returning(MESSAGE.c.claimed_at)
             ).first()
+            if claimed is None and provider_id is not None:
+                # A status callback may have settled it first (it was delivered before we
+                # finished): the send happened all the same, so its attempt is recorded.
+                claimed = conn.execute(
+                    update(MESSAGE)
+                    .where(
+                        MESSAGE.c.id == outgoing.message_id,
+                        MESSAGE.c.status.in_(tuple(set(DELIVERY_STATES.values()))),
+                        MESSAGE.c.attempts == outgoing.attempt,
+                        ~exists().where(
+                            DELIVERY_ATTEMPT.c.message_id == outgoing.message_id,
+                            DELIVERY_ATTEMPT.c.attempt == outgoing.attempt,
+                        ),
+                    )
+                    .values(
+                        provider_message_id=provider_id,
+                        sent_at=func.coalesce(MESSAGE.c.sent_at, now),
+                        next_attempt_at=None,
+                    )
+                    .returning(MESSAGE.c.claimed_at)
+                ).first()
+            if isinstance(outcome, SendError) and outcome.opted_out:
+                _mark_opted_out(conn, outgoing.message_id, now)
             if claimed is not None:  # else recovery settled it (and recorded the attempt) meanwhile
                 conn.execute(
                     insert(DELIVERY_ATTEMPT).values(
@@ -336,6 +386,113 @@ class Outbox:
                         at=now,
                     )
                 )
+
+
+def record_status(
+    db: Engine,
+    *,
+    channel: str,
+    provider_id: str,
+    state: str,
+    error: str | None = None,
+    opted_out: bool = False,
+    now: datetime | None = None,
+) -> bool:
+    """Record what a provider reports about the message it took as ``provider_id`` on
+    ``channel`` (every channel's status callbacks come here); False if no such message is known
+    (yet: the send may not have finished recording it).
+
+    ``state`` is the provider's word (see :data:`DELIVERY_STATES`; others change no status);
+    ``error`` the provider's explanation; ``opted_out``: the recipient unsubscribed at the
+    provider. Callbacks come in any order: a final state is never overwritten.
+    """
+    now = now or utcnow()
+    with db.begin() as conn:
+        row = conn.execute(
+            select(MESSAGE.c.id).where(
+                MESSAGE.c.channel == channel,
+                MESSAGE.c.direction == Direction.OUT,
+                MESSAGE.c.provider_message_id == provider_id,
+            )
+        ).first()
+        if row is None:
+            return False
+        message_id = row.id
+        if error:
+            conn.execute(update(MESSAGE).where(MESSAGE.c.id == message_id).values(error=error[:500]))
+        final = DELIVERY_STATES.get(state.lower())
+        if final is not None:
+            values: dict[str, Any] = {"status": final, "sent_at": func.coalesce(MESSAGE.c.sent_at, now)}
+            if final == DeliveryStatus.DELIVERED:
+                values["delivered_at"] = now
+            conn.execute(
+                update(MESSAGE)
+                .where(MESSAGE.c.id == message_id, MESSAGE.c.status.in_(_BEFORE_FINAL))
+                .values(**values)
+            )
+        if opted_out:
+            _mark_opted_out(conn, message_id, now)
+    return True
+
+
+def _mark_opted_out(conn: Connection, message_id: int, now: datetime) -> None:
+    """The provider says the recipient of ``message_id`` unsubscribed: record it on the customer
+    (an earlier opt-out time is kept)."""
+    customer = select(MESSAGE.c.customer_id).where(MESSAGE.c.id == message_id).scalar_subquery()
+    conn.execute(
+        update(CUSTOMER)
+        .where(CUSTOMER.c.id == customer, CUSTOMER.c.opted_out_at.is_(None))
+        .values(opted_out_at=now)
+    )
+
+
+def _opted_out_replies(conn: Connection, rows: Sequence[Any]) -> set[int]:
+    """The conversational replies among ``rows`` that must not go: the customer, or whoever owns
+    the address (a number several customers share), opted out, and the reply is not one the rules
+    allow then (the opt-out and opt-in confirmations, HELP)."""
+    rows = [r for r in rows if r.intent not in ALLOWED_WHILE_OPTED_OUT]
+    if not rows:
+        return set()
+    customers = {r.customer_id for r in rows if r.customer_id is not None}
+    addresses = {r.address for r in rows}
+    owners = select(IDENTITY.c.customer_id).where(IDENTITY.c.address.in_(addresses))
+    opted = conn.execute(
+        select(CUSTOMER.c.id, CUSTOMER.c.phone).where(
+            CUSTOMER.c.opted_out_at.is_not(None),
+            or_(CUSTOMER.c.id.in_(customers), CUSTOMER.c.phone.in_(addresses), CUSTOMER.c.id.in_(owners)),
+        )
+    ).all()
+    if not opted:
+        return set()
+    opted_ids = {o.id for o in opted}
+    opted_phones = {o.phone for o in opted if o.phone}
+    owned = {
+        (i.channel, i.address)
+        for i in conn.execute(
+            select(IDENTITY.c.channel, IDENTITY.c.address).where(
+                IDENTITY.c.customer_id.in_(opted_ids), IDENTITY.c.address.in_(addresses)
+            )
+        )
+    }
+    return {
+        r.id
+        for r in rows
+        if r.customer_id in opted_ids or r.address in opted_phones or (r.channel, r.address) in owned
+    }
+
+
+def _refuse_opted_out(conn: Connection, rows: Sequence[Any], now: datetime) -> None:
+    conn.execute(
+        update(MESSAGE)
+        .where(MESSAGE.c.id.in_([r.id for r in rows]))
+        .values(status=DeliveryStatus.FAILED, error=OPTED_OUT_REASON, next_attempt_at=None)
+    )
+    claimed = conn.execute(
+        select(MESSAGE.c.id, MESSAGE.c.attempts, MESSAGE.c.claimed_at).where(
+            MESSAGE.c.id.in_([r.id for r in rows])
+        )
+    ).all()
+    _record_attempts(conn, claimed, "failed", OPTED_OUT_REASON, now)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -22,7 +22,7 @@ KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset()
 
 
 # Outside storage, SQLAlchemy/SQLModel names for handles and errors only: no statements are built.
-HANDLES = frozenset({"Connection", "Engine", "Session", "RowMapping"})
+HANDLES = frozenset({"Connection", "Engine", "Session", "RowMapping", "make_url"})
 ORMS = frozenset({"sqlalchemy", "sqlmodel"})
 # Modules that still build SQL of their own, each to move its queries into storage (issue 11.4)
 # in the change that owns it. Nothing may join this list.
@@ -39,7 +39,6 @@ KNOWN_SQL_OUTSIDE_STORAGE = frozenset(
         "schedulers.nudges",
         "schedulers.proactive",
         "schedulers.ratelimit",
-        "bot.channels.sms",
     }
 )
 

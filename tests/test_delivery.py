@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, select, update
 
 from dialogs.engine import DialogEngine, Inbound
-from schedulers.delivery import Outbox, Outgoing, RetryPolicy, SendError
+from schedulers.delivery import Outbox, Outgoing, RetryPolicy, SendError, record_status
 from schedulers.leader import delivery_lock
 from storage.db import make_engine
 from storage.outreach_models import DELIVERY_ATTEMPT
@@ -344,3 +344,105 @@ def test_a_late_answer_does_not_settle_a_later_claim_of_the_same_message(db: Eng
     outbox._finish(second, "SM2")
     assert (_row(db, reply)["status"], _row(db, reply)["provider_message_id"]) == ("sent", "SM2")
     assert [a[:2] for a in attempts(db, reply)] == [(2, "sent")]
+
+
+# -- status callbacks and the opt-out guard (every channel) ------------------------------------
+
+
+def test_record_status_keeps_a_final_state_and_knows_only_sent_messages(
+    db: Engine, dialog: DialogEngine
+) -> None:
+    ids = _replies(dialog)
+    asyncio.run(Outbox(db, {"sms": RecordingSender()}, dialog.reply_options, clock=Clock()).deliver(ids))
+    sid = f"SM{ids[0]:06d}"
+    assert not record_status(db, channel="sms", provider_id="SMnothing", state="delivered")
+    assert not record_status(db, channel="telegram", provider_id=sid, state="delivered")  # another channel
+    assert record_status(db, channel="sms", provider_id=sid, state="delivered", now=START)
+    assert record_status(db, channel="sms", provider_id=sid, state="sent")  # late and not final
+    assert record_status(db, channel="sms", provider_id=sid, state="failed", error="Twilio error 30003")
+    row = _row(db, ids[0])
+    assert (row["status"], row["delivered_at"], row["error"]) == ("delivered", START, "Twilio error 30003")
+
+
+def test_record_status_records_an_opt_out_the_provider_reports(db: Engine, dialog: DialogEngine) -> None:
+    ids = _replies(dialog)
+    asyncio.run(Outbox(db, {"sms": RecordingSender()}, dialog.reply_options, clock=Clock()).deliver(ids))
+    assert record_status(db, channel="sms", provider_id=f"SM{ids[0]:06d}", state="failed", opted_out=True)
+    with db.connect() as conn:
+        assert conn.execute(select(CUSTOMER.c.opted_out_at)).scalar_one() is not None
+    assert _row(db, ids[0])["status"] == "failed"
+
+
+def test_replies_to_an_opted_out_customer_are_refused_on_every_channel(
+    db: Engine, dialog: DialogEngine
+) -> None:
+    for channel, address in (("sms", "+14155550180"), ("telegram", "4242")):
+        result = dialog.handle(
+            Inbound(
+                channel=channel, address=address, text="hi", provider_id=f"{channel}-1", received_at=START
+            )
+        )
+        with db.begin() as conn:
+            conn.execute(
+                update(CUSTOMER).where(CUSTOMER.c.id == result.customer_id).values(opted_out_at=START)
+            )
+        sender = RecordingSender(channel)
+        ids = [r.message_id for r in result.replies]
+        asyncio.run(Outbox(db, {channel: sender}, dialog.reply_options, clock=Clock()).deliver(ids))
+        assert sender.sent == []
+        assert {(_row(db, i)["status"], _row(db, i)["error"]) for i in ids} == {
+            ("failed", "recipient opted out")
+        }
+        assert [a[1] for a in attempts(db, ids[0])] == ["failed"]
+
+
+def test_the_opt_out_confirmation_still_goes_to_an_opted_out_customer(
+    db: Engine, dialog: DialogEngine
+) -> None:
+    earlier = _replies(dialog)
+    stop = _replies(dialog, "STOP", pid="in-2")
+    sender = RecordingSender()
+    asyncio.run(Outbox(db, {"sms": sender}, dialog.reply_options, clock=Clock()).deliver(earlier + stop))
+    assert [m.message_id for m in sender.sent] == stop  # the questions still waiting do not go
+    assert _row(db, stop[0])["intent"] == "opt_out"
+
+
+def test_a_provider_opt_out_on_send_opts_the_customer_out(db: Engine, dialog: DialogEngine) -> None:
+    ids = _replies(dialog)
+    sender = RecordingSender(failures=[SendError("carrier: unsubscribed", retryable=False, opted_out=True)])
+    asyncio.run(Outbox(db, {"sms": sender}, dialog.reply_options, clock=Clock()).deliver(ids))
+    with db.connect() as conn:
+        assert conn.execute(select(CUSTOMER.c.opted_out_at)).scalar_one() == START
+    assert sender.sent == []  # the next reply is refused by the guard, not sent
+    assert [_row(db, i)["error"] for i in ids[1:]] == ["recipient opted out"] * (len(ids) - 1)
+
+
+class CallbackFirstSender(RecordingSender):
+    """A provider whose "delivered" callback is recorded before the send has returned."""
+
+    def __init__(self, db: Engine) -> None:
+        super().__init__()
+        self.db = db
+
+    async def send(self, message: Outgoing) -> str | None:
+        sid = await super().send(message)
+        assert sid is not None
+        with self.db.begin() as conn:  # what an early provider-id write + callback would do
+            conn.execute(
+                update(MESSAGE).where(MESSAGE.c.id == message.message_id).values(provider_message_id=sid)
+            )
+        assert record_status(self.db, channel="sms", provider_id=sid, state="delivered", now=START)
+        return sid
+
+
+def test_a_delivered_callback_before_the_send_finished_keeps_the_attempt(
+    db: Engine, dialog: DialogEngine
+) -> None:
+    ids = _replies(dialog)
+    asyncio.run(
+        Outbox(db, {"sms": CallbackFirstSender(db)}, dialog.reply_options, clock=Clock()).deliver(ids)
+    )
+    for message_id in ids:
+        row = _row(db, message_id)
+        assert (row["status"], row["sent_at"]) == ("delivered", START)
+        assert [(a[0], a[1], a[3]) for a in attempts(db, message_id)] == [(1, "sent", f"SM{message_id:06d}")]

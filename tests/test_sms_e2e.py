@@ -6,13 +6,15 @@ import asyncio
 import logging
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from bot.channels.sms import TwilioSender, build_sms_service
 from bot.runtime import build_runtime
 from bot.settings import Settings
+from dialogs import texts
 from schedulers.delivery import Outgoing, SendError
 from storage.models import DeliveryStatus, Direction, utcnow
+from storage.outreach_models import DELIVERY_ATTEMPT
 from storage.tables import MESSAGE
 from tests.twilio_standin import CUSTOMER_PHONE, Failure, SmsApp, serve_sms_app
 from tests.utils import Texter
@@ -124,26 +126,33 @@ def test_help_and_the_stop_please_confirmation_by_sms(db_url: str) -> None:
         assert "opted out" in app.standin.wait_for(CUSTOMER_PHONE, count + 3)[count + 2]
 
 
-def test_pictures_and_empty_texts_get_text_only_please(db_url: str) -> None:
+def test_an_sms_picture_says_text_only_and_asks_the_pending_question_again(db_url: str) -> None:
     with serve_sms_app(db_url) as app:
-        app.sms("", sid="SMm1", media=1, MediaUrl0="https://api.twilio.com/media/ME1")
-        assert app.standin.wait_for(CUSTOMER_PHONE, 1) == [
-            "Sorry, I can only read text. Please reply in words, without pictures or files."
-        ]
+        app.sms("hi", sid="SMm0")
+        count = len(app.rows(MESSAGE.c.direction == Direction.OUT))
+        question = app.standin.wait_for(CUSTOMER_PHONE, count)[-1]
+        app.sms(
+            "",
+            sid="SMm1",
+            media=1,
+            MediaUrl0="https://api.twilio.com/media/ME1",
+            MediaContentType0="image/jpeg",
+        )
+        bodies = app.standin.wait_for(CUSTOMER_PHONE, count + 2)
+        assert bodies[count:] == [texts.TEXT_ONLY, question]
+        (picture,) = app.rows(MESSAGE.c.provider_message_id == "SMm1")
+        assert picture.intent == "media"
         app.sms("   ", sid="SMm2")
+        assert app.standin.wait_for(CUSTOMER_PHONE, count + 4)[count + 2 :] == [texts.EMPTY, question]
         app.sms("", sid="SMm1", media=1, MediaUrl0="https://api.twilio.com/media/ME1")  # a retry
-        app.sms("hi", sid="SMm3")
-        bodies = app.standin.wait_for(CUSTOMER_PHONE, 4)
-        assert bodies[1].startswith("Sorry, I can only read text")
-        assert "I'm Rapport" in bodies[2]  # the first real text is still greeted
         assert len(app.rows(MESSAGE.c.provider_message_id == "SMm1")) == 1
         app.sms("STOP", sid="SMm4", media=1)  # a keyword with a picture is still the keyword
-        assert app.standin.wait_for(CUSTOMER_PHONE, 5)[4].startswith("You're unsubscribed")
+        assert app.standin.wait_for(CUSTOMER_PHONE, count + 5)[count + 4].startswith("You're unsubscribed")
         app.sms("", sid="SMm5", media=1)  # opted out: not even "text only"
         app.sms("START", sid="SMm6")
-        bodies = app.standin.wait_for(CUSTOMER_PHONE, 6)
-        assert bodies[5].startswith("Welcome back")
-        assert not any(b.startswith("Sorry") for b in bodies[2:])
+        bodies = app.standin.wait_for(CUSTOMER_PHONE, count + 6)
+        assert bodies[count + 5].startswith("Welcome back")
+        assert bodies.count(texts.TEXT_ONLY) == 1
 
 
 def test_a_rate_limited_send_is_retried_and_arrives_once(db_url: str) -> None:
@@ -194,7 +203,7 @@ def test_delivery_failures_reported_by_callback_are_recorded(db_url: str) -> Non
 def test_a_status_for_an_unknown_message_is_acknowledged(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.channels.sms")
+    caplog.set_level(logging.INFO, logger="bot.intake")
     with serve_sms_app(db_url) as app:
         answer = app.post("/sms/status", {"MessageSid": "SMunknown", "MessageStatus": "delivered"})
         assert answer.status_code == 204
@@ -250,3 +259,27 @@ def test_sms_stays_off_without_twilio_settings(db_url: str) -> None:
     assert service(twilio_account_sid="AC1") is None
     with pytest.raises(ValueError, match="PUBLIC_BASE_URL"):
         service(twilio_account_sid="AC1", twilio_auth_token="tok-123", twilio_from_number="+15005550006")
+
+
+def test_every_send_records_its_attempt_whatever_the_order_of_callbacks(db_url: str) -> None:
+    # The stand-in reports "sent" then "delivered" the moment it has accepted a message, often
+    # before the outbox has recorded the send.
+    with serve_sms_app(db_url) as app:
+        for i in range(6):
+            app.sms(["hi", "text", "evenings", "skip", "why", "help"][i], sid=f"SMcb{i}")
+        app.wait_until(
+            lambda: all(r.status == "delivered" for r in app.rows(MESSAGE.c.direction == "out")), timeout=30
+        )
+        out = app.rows(MESSAGE.c.direction == "out")
+        with app.runtime.db.connect() as conn:
+            rows = conn.execute(
+                select(
+                    DELIVERY_ATTEMPT.c.message_id,
+                    DELIVERY_ATTEMPT.c.outcome,
+                    DELIVERY_ATTEMPT.c.provider_message_id,
+                )
+            ).all()
+        assert sorted(r.message_id for r in rows) == sorted(r.id for r in out)
+        assert {r.outcome for r in rows} == {"sent"}
+        assert {r.provider_message_id for r in rows} == {r.provider_message_id for r in out}
+        assert len(app.standin.to(CUSTOMER_PHONE)) == len(out)

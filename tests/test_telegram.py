@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -30,6 +31,7 @@ from bot.channels.telegram import (
 from bot.runtime import Runtime, build_runtime
 from bot.settings import Settings
 from bot.web import create_app, make_outbox
+from dialogs import texts
 from dialogs.engine import Inbound, ReplyOption
 from schedulers.delivery import Outgoing
 from schedulers.ratelimit import SharedLimiter
@@ -54,7 +56,7 @@ RuntimeFactory = Callable[..., Runtime]
 
 
 @pytest.fixture
-def make_runtime(db_url: str, api: BotApiStandin) -> Iterator[RuntimeFactory]:
+def make_runtime(db_url: str, api: BotApiStandin, tmp_path: Path) -> Iterator[RuntimeFactory]:
     """Runtimes on the test database talking to the stand-in (their engines closed after)."""
     made: list[Runtime] = []
 
@@ -65,6 +67,7 @@ def make_runtime(db_url: str, api: BotApiStandin) -> Iterator[RuntimeFactory]:
             "telegram_api_base_url": api.root,
             "telegram_rate_per_second": 200.0,
             "telegram_rate_per_chat": 50.0,
+            "spool_path": tmp_path / "spool.db",
             **settings,
         }
         made.append(build_runtime(Settings(**values, _env_file=None)))
@@ -402,6 +405,30 @@ def test_edits_stickers_and_groups_get_a_short_answer(runtime: Runtime, api: Bot
 
     asyncio.run(scenario())
     assert customer_id(runtime, "telegram", "-100") is None
+
+
+def test_a_sticker_says_text_only_and_asks_the_pending_question_again(
+    runtime: Runtime, api: BotApiStandin
+) -> None:
+    sticker = {"file_id": "s2", "file_unique_id": "u2", "width": 1, "height": 1, "is_animated": False,
+               "is_video": False, "type": "regular"}  # fmt: skip
+
+    async def scenario() -> None:
+        async with running(runtime):
+            api.push_update(message_update(66, "hi"))
+            first = await replies(api, 66, 2)
+            question = first[-1].text
+            assert ASK_CHANNEL in question
+            api.push_update(message_update(66, None, sticker=sticker))
+            after = await replies(api, 66, 4)
+            assert [m.text for m in after[2:]] == [texts.TEXT_ONLY, question]
+
+    asyncio.run(scenario())
+    with runtime.db.connect() as conn:
+        intents = conn.execute(
+            select(MESSAGE.c.intent).where(MESSAGE.c.direction == "in").order_by(MESSAGE.c.id)
+        ).scalars()
+        assert list(intents)[-1] == "media"
 
 
 # -- webhook -----------------------------------------------------------------------------------

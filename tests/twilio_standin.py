@@ -15,6 +15,7 @@ import base64
 import json
 import queue
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -364,6 +366,7 @@ def serve_sms_app(db_url: str, **settings: Any) -> Iterator[SmsApp]:
             "twilio_api_base_url": standin.url,
             "public_base_url": url,
             "sms_rate_per_second": 200.0,
+            "spool_path": Path(tempfile.mkdtemp(prefix="rapport-spool-")) / "spool.db",
             **settings,
         }
         runtime = build_runtime(Settings(_env_file=None, **values))

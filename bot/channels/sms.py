@@ -3,9 +3,10 @@
 ``POST /sms/inbound`` takes Twilio's message webhook: the signature is checked against the public
 URL Twilio called (``PUBLIC_BASE_URL`` + path + query), the message goes through the dialog
 engine (idempotent on ``MessageSid``), and the replies are queued in the outbox and sent through
-the REST API after an empty TwiML answer. ``POST /sms/status`` records the delivery state Twilio
-reports. The sender paces sends per sending number, maps Twilio's errors to retry or fail, and
-never writes to a number that opted out (except the opt-out and opt-in confirmations).
+the REST API after an empty TwiML answer. ``POST /sms/status`` hands the delivery state Twilio
+reports to the outbox (:func:`schedulers.delivery.record_status`). The sender paces sends per
+sending number and maps Twilio's errors to retry or fail; the outbox decides what may be sent
+(opted-out numbers get nothing but the opt-out and opt-in confirmations and HELP).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import threading
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -24,26 +25,21 @@ from urllib.parse import parse_qsl
 
 import requests
 from fastapi import APIRouter, BackgroundTasks, Request, Response
-from sqlalchemy import Engine, func, or_, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+from bot.channels.base import read_body
+from bot.intake import Intake, StatusReport, is_outage
 from bot.runtime import Runtime
-from dialogs import texts
-from dialogs.commands import CARRIER_KEYWORDS, detect_command
-from dialogs.engine import Inbound, ReplyOption, storable_text
+from dialogs.engine import Inbound, Media, ReplyOption
 from dialogs.sms_segments import count, fit
 from schedulers.delivery import Outbox, Outgoing, SendError
 from schedulers.ratelimit import Limit, SharedLimiter
-from storage import turns as store
-from storage.models import DeliveryStatus, Direction, utcnow
+from storage.models import utcnow
 from storage.phones import to_e164
-from storage.tables import CUSTOMER, IDENTITY, MESSAGE
-from storage.types import ALLOWED_WHILE_OPTED_OUT
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +48,6 @@ TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 TWILIO_API = "https://api.twilio.com"
 UNSUBSCRIBED = "21610"  # Twilio: the recipient replied STOP to this sender at the carrier
 MAX_FORM_BYTES = 64 * 1024
-
-# Twilio's message states -> ours. Twilio's "queued"/"accepted"/"sending" mean queued at Twilio,
-# which for us is already "sent" (our "queued" means "the outbox still has to send it").
-_FINAL = {
-    "delivered": "delivered",
-    "read": "delivered",
-    "undelivered": "undelivered",
-    "failed": "failed",
-    "canceled": "failed",
-}
-_BEFORE_FINAL = (DeliveryStatus.SENDING, DeliveryStatus.SENT, DeliveryStatus.UNKNOWN)
 
 
 # -- webhooks: verification and parsing ---------------------------------------------------------
@@ -91,7 +76,9 @@ def verify_signature(auth_token: str, url: str, params: Mapping[str, str], signa
 def parse_form(body: bytes, content_type: str | None) -> dict[str, str]:
     """The fields of a form post, empty values kept. Raises :class:`BadRequest`."""
     if (content_type or "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
-        raise BadRequest(f"content type {content_type!r} is not application/x-www-form-urlencoded")
+        raise BadRequest(
+            f"content type {(content_type or '')[:80]!r} is not application/x-www-form-urlencoded"
+        )
     if len(body) > MAX_FORM_BYTES:
         raise BadRequest(f"form of {len(body)} bytes is larger than {MAX_FORM_BYTES}")
     try:
@@ -170,7 +157,6 @@ class TwilioSender:
     def __init__(
         self,
         client: Client,
-        db: Engine,
         *,
         from_number: str | None,
         messaging_service_sid: str | None,
@@ -178,12 +164,10 @@ class TwilioSender:
         limiter: SharedLimiter,
         rate_per_second: float,
         max_segments: int,
-        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         if not from_number and not messaging_service_sid:
             raise ValueError("set TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID to send SMS")
         self.client = client
-        self.db = db
         self.from_number = from_number
         self.messaging_service_sid = messaging_service_sid
         self.status_callback = status_callback
@@ -193,7 +177,6 @@ class TwilioSender:
         self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sms-send")
         _ = client.messages  # Twilio loads its API modules on first use: not in the first paced send
         self.max_segments = max_segments
-        self.clock = clock
 
     @property
     def sending_as(self) -> str:
@@ -202,14 +185,6 @@ class TwilioSender:
 
     async def send(self, message: Outgoing) -> str:
         """Send ``message``; Twilio's message SID. Raises :class:`SendError`."""
-        try:
-            customer_id, allowed = await asyncio.to_thread(self._may_send, message)
-        except SQLAlchemyError as exc:  # nothing went out: try again later
-            raise SendError(
-                f"database unavailable before sending ({exc.__class__.__name__})", retryable=True
-            ) from exc
-        if not allowed:
-            raise SendError("recipient opted out", retryable=False)
         body = fit(render(message.text, message.options))
         segments = count(body)
         if segments.segments > self.max_segments:
@@ -221,45 +196,21 @@ class TwilioSender:
                 self.max_segments,
             )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._paced_create, message, body, customer_id)
+        return await loop.run_in_executor(self._pool, self._paced_create, message, body)
 
-    def _paced_create(self, message: Outgoing, body: str, customer_id: int | None) -> str:
+    def _paced_create(self, message: Outgoing, body: str) -> str:
         # Wait for the slot in the thread that then sends: nothing queues between the two.
         try:
             self.limiter.wait(self.rate)
         except SQLAlchemyError as exc:  # nothing went out: try again later
             raise SendError(f"send pacing unavailable ({exc.__class__.__name__})", retryable=True) from exc
-        return self._create(message, body, customer_id)
+        return self._create(message, body)
 
     def close(self) -> None:
         """Let sends in progress finish; free the sending threads."""
         self._pool.shutdown(wait=True)
 
-    def _may_send(self, message: Outgoing) -> tuple[int | None, bool]:
-        """(customer id, False if the number opted out and this is not a message allowed then)."""
-        with self.db.connect() as conn:
-            row = conn.execute(
-                select(MESSAGE.c.customer_id, MESSAGE.c.intent).where(MESSAGE.c.id == message.message_id)
-            ).first()
-            customer_id, intent = (row[0], row[1]) if row is not None else (None, None)
-            owners = select(IDENTITY.c.customer_id).where(
-                IDENTITY.c.channel == CHANNEL, IDENTITY.c.address == message.address
-            )
-            opted_out = conn.execute(
-                select(func.count())
-                .select_from(CUSTOMER)
-                .where(
-                    CUSTOMER.c.opted_out_at.is_not(None),
-                    or_(
-                        CUSTOMER.c.id == customer_id,
-                        CUSTOMER.c.phone == message.address,
-                        CUSTOMER.c.id.in_(owners),
-                    ),
-                )
-            ).scalar_one()
-        return customer_id, not opted_out or intent in ALLOWED_WHILE_OPTED_OUT
-
-    def _create(self, message: Outgoing, body: str, customer_id: int | None) -> str:
+    def _create(self, message: Outgoing, body: str) -> str:
         params: dict[str, str] = {"to": message.address, "body": body}
         if self.messaging_service_sid:
             params["messaging_service_sid"] = self.messaging_service_sid
@@ -270,22 +221,16 @@ class TwilioSender:
         try:
             created = self.client.messages.create(**params)
         except TwilioRestException as exc:
-            raise self._error(exc, customer_id) from None
+            raise self._error(exc) from None
         except OSError as exc:  # requests' connection errors and timeouts are OSErrors
             # A timeout waiting for the answer may come after Twilio took the message.
             ambiguous = isinstance(exc, requests.exceptions.ReadTimeout)
             raise SendError(
                 f"could not reach Twilio ({type(exc).__name__}: {exc})", retryable=True, ambiguous=ambiguous
             ) from None
-        sid = str(created.sid)
-        # Recorded now, not when the outbox finishes: a status callback may arrive first.
-        with self.db.begin() as conn:
-            conn.execute(
-                update(MESSAGE).where(MESSAGE.c.id == message.message_id).values(provider_message_id=sid)
-            )
-        return sid
+        return str(created.sid)
 
-    def _error(self, exc: TwilioRestException, customer_id: int | None) -> SendError:
+    def _error(self, exc: TwilioRestException) -> SendError:
         status, code = int(exc.status or 0), str(exc.code or "")
         what = f"Twilio error {code or '?'} (HTTP {status}): {exc.msg}"
         if status == 429 or code == "20429" or status >= 500:
@@ -297,20 +242,8 @@ class TwilioSender:
             # A 5xx may come after Twilio created the message: ambiguous for at-most-once.
             return SendError(what, retryable=True, retry_after=retry_after, ambiguous=True)
         if code == UNSUBSCRIBED:
-            if customer_id is not None:
-                with self.db.begin() as conn:
-                    mark_opted_out(conn, customer_id=customer_id, now=self.clock())
-            return SendError(f"recipient opted out at the carrier; {what}", retryable=False)
+            return SendError(f"recipient opted out at the carrier; {what}", retryable=False, opted_out=True)
         return SendError(what, retryable=False)
-
-
-def mark_opted_out(conn: Any, *, customer_id: int, now: datetime) -> None:
-    """Record that the carrier says this customer opted out (keeps an earlier opt-out time)."""
-    conn.execute(
-        update(CUSTOMER)
-        .where(CUSTOMER.c.id == customer_id, CUSTOMER.c.opted_out_at.is_(None))
-        .values(opted_out_at=now)
-    )
 
 
 # -- the service ----------------------------------------------------------------------------------
@@ -326,7 +259,6 @@ class SmsService:
         runtime: Runtime,
         *,
         client: Client | None = None,
-        outbox: Outbox | None = None,
         status_grace: float = 2.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -341,7 +273,8 @@ class SmsService:
         self.runtime = runtime
         self.public_base_url = settings.public_base_url.rstrip("/")
         self._auth_token = settings.twilio_auth_token.get_secret_value()
-        self._outbox = outbox
+        self._outbox: Outbox | None = None
+        self._intake: Intake | None = None
         self.status_grace = status_grace
         self.clock = clock
         self.client = client or Client(
@@ -351,19 +284,27 @@ class SmsService:
         )
         self._sender = TwilioSender(
             self.client,
-            runtime.db,
             from_number=settings.twilio_from_number,
             messaging_service_sid=settings.twilio_messaging_service_sid,
             status_callback=self.public_base_url + "/sms/status",
             limiter=SharedLimiter(runtime.db, headroom=settings.rate_headroom),
             rate_per_second=settings.sms_rate_per_second,
             max_segments=settings.sms_max_segments,
-            clock=clock,
         )
 
     @property
     def sender(self) -> TwilioSender:
         return self._sender
+
+    def bind(self, outbox: Outbox, intake: Intake) -> None:
+        """Hand what comes in to ``intake``; send a turn's replies through ``outbox`` at once."""
+        self._outbox, self._intake = outbox, intake
+
+    @property
+    def intake(self) -> Intake:
+        if self._intake is None:
+            raise RuntimeError("the SMS channel is not bound to an intake (create_app binds it)")
+        return self._intake
 
     async def start(self, *, receive: bool = True) -> None:
         if receive:
@@ -384,17 +325,22 @@ class SmsService:
             if isinstance(form, Response):
                 return form
             try:
-                sid = form.get("MessageSid") or form.get("SmsMessageSid") or ""
-                if not sid:
-                    raise BadRequest("MessageSid is missing")
-                address = e164(form.get("From", ""), self.runtime.settings.default_region)
-                media = int(form.get("NumMedia") or "0")
-            except (BadRequest, ValueError) as exc:
-                log.warning("SMS inbound rejected with 400: %s", exc)
-                return Response(f"bad request: {exc}\n", status_code=400, media_type="text/plain")
-            ids = await run_in_threadpool(self._handle, sid, address, form.get("Body", ""), media)
+                message = self.inbound(form)
+            except BadRequest as exc:
+                return _bad_request(request, exc)
+            try:
+                result = await self.intake.turn(message)
+            except DataError as exc:  # checked above; this is a last line of defence
+                return _bad_request(
+                    request, BadRequest(f"a value the database cannot store ({type(exc.orig).__name__})")
+                )
+            if result is None:  # the database is down: kept in the spool, answered when it is back
+                return Response(TWIML_EMPTY, media_type="text/xml")
+            if result.duplicate:
+                log.info("SMS %s was already handled (a Twilio retry)", message.provider_id)
+            ids = [r.message_id for r in result.replies]
             if ids:
-                background.add_task(self._outbox_of(request).deliver, ids)
+                background.add_task(self._deliver, ids)
             return Response(TWIML_EMPTY, media_type="text/xml")
 
         @router.post("/sms/status")
@@ -402,34 +348,55 @@ class SmsService:
             form = await self._verified(request)
             if isinstance(form, Response):
                 return form
-            sid, state = form.get("MessageSid", ""), (form.get("MessageStatus") or form.get("SmsStatus"))
-            if not sid or not state:
-                log.warning("SMS status callback rejected with 400: MessageSid or MessageStatus missing")
-                return Response("bad request: MessageSid and MessageStatus are required\n", status_code=400)
-            error = form.get("ErrorCode") or None
-            deadline = time.monotonic() + self.status_grace
-            while not await run_in_threadpool(self._record_status, sid, state.lower(), error):
-                if time.monotonic() >= deadline:
-                    # 200, not 404: Twilio does not retry a 404 anyway; it would only raise
-                    # debugger alerts for messages sent from elsewhere or erased here.
-                    log.info("SMS status %r for unknown message %s ignored", state, sid)
-                    break
-                await asyncio.sleep(0.05)
+            try:
+                report = status_report(form)
+            except BadRequest as exc:
+                return _bad_request(request, exc)
+            # 204 even for an unknown message (kept and tried again a while): Twilio does not
+            # retry a 404 anyway; it would only raise debugger alerts.
+            await self.intake.status(report, grace=self.status_grace)
             return Response(status_code=204)
 
         return router
 
-    def _outbox_of(self, request: Request) -> Outbox:
-        outbox: Outbox = self._outbox or request.app.state.outbox
-        return outbox
+    async def _deliver(self, ids: list[int]) -> None:
+        """Send a turn's replies now; what fails here stays queued for the outbox loop."""
+        if self._outbox is None:
+            return
+        try:
+            await self._outbox.deliver(ids)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self.intake.outage.started(exc)
+
+    def inbound(self, form: Mapping[str, str]) -> Inbound:
+        """Twilio's message webhook as an :class:`Inbound`. Raises :class:`BadRequest`."""
+        _no_nul(form, but="Body")
+        sid = _sid(form.get("MessageSid") or form.get("SmsMessageSid") or "")
+        address = e164(form.get("From", ""), self.runtime.settings.default_region)
+        return Inbound(
+            CHANNEL,
+            address,
+            form.get("Body", ""),
+            provider_id=sid,
+            phone=address,
+            received_at=self.clock(),
+            media=_media(form),
+        )
 
     async def _verified(self, request: Request) -> dict[str, str] | Response:
         """The form of a request Twilio signed; a 400/403 response otherwise."""
+        body = await read_body(request, MAX_FORM_BYTES)
+        if body is None:
+            log.warning(
+                "SMS webhook %s rejected with 413: larger than %d bytes", request.url.path, MAX_FORM_BYTES
+            )
+            return Response("request too large\n", status_code=413, media_type="text/plain")
         try:
-            form = parse_form(await request.body(), request.headers.get("content-type"))
+            form = parse_form(body, request.headers.get("content-type"))
         except BadRequest as exc:
-            log.warning("SMS webhook %s rejected with 400: %s", request.url.path, exc)
-            return Response(f"bad request: {exc}\n", status_code=400, media_type="text/plain")
+            return _bad_request(request, exc)
         url = public_url(self.public_base_url, request.url.path, request.url.query)
         signature = request.headers.get("x-twilio-signature")
         if not verify_signature(self._auth_token, url, form, signature):
@@ -444,104 +411,62 @@ class SmsService:
             return Response("forbidden\n", status_code=403, media_type="text/plain")
         return form
 
-    # -- in a worker thread ------------------------------------------------------------------
 
-    def _handle(self, sid: str, address: str, body: str, media: int) -> list[int]:
-        """Run the message through the engine; the ids of the replies to send."""
-        command = detect_command(body) if body.strip() else None
-        keyword = command is not None and command.kind in CARRIER_KEYWORDS
-        if (media > 0 or not body.strip()) and not keyword:
-            return self._text_only(sid, address, body, media)
-        result = self.runtime.dialog.handle(
-            Inbound(CHANNEL, address, body, provider_id=sid, phone=address, received_at=self.clock())
-        )
-        if result.duplicate:
-            log.info("SMS %s was already handled (a Twilio retry)", sid)
-        return [r.message_id for r in result.replies]
+def status_report(form: Mapping[str, str]) -> StatusReport:
+    """Twilio's status callback, checked. Raises :class:`BadRequest`."""
+    _no_nul(form)
+    sid = _sid(form.get("MessageSid", ""))
+    state = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
+    if not _STATE.fullmatch(state):
+        raise BadRequest("MessageStatus is missing or not a status word")
+    code = form.get("ErrorCode") or None
+    if code is not None and not _ERROR_CODE.fullmatch(code):
+        raise BadRequest("ErrorCode is not a Twilio error number")
+    error = f"Twilio error {code} (https://www.twilio.com/docs/api/errors/{code})" if code else None
+    return StatusReport(CHANNEL, sid, state, error, opted_out=code == UNSUBSCRIBED)
 
-    def _text_only(self, sid: str, address: str, body: str, media: int) -> list[int]:
-        """A picture or an empty text: recorded, answered with "text only, please" (unless opted out)."""
-        for attempt in (1, 2):
-            try:
-                with self.runtime.db.begin() as conn:
-                    return self._text_only_turn(conn, sid, address, body, media)
-            except IntegrityError:  # the same message handled at once by another worker
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
 
-    def _text_only_turn(self, conn: Any, sid: str, address: str, body: str, media: int) -> list[int]:
-        seen = store.find_inbound(conn, channel=CHANNEL, provider_id=sid)
-        if seen is not None:
-            return [row[0] for row in store.replies_to(conn, message_id=seen[0])]
-        now = self.clock()
-        state = store.lock_or_create_turn(
-            conn, channel=CHANNEL, address=address, phone=address, name=None, now=now
-        )
-        common = {"customer_id": state.customer_id, "channel": CHANNEL, "address": address, "created_at": now}
-        inbound_id = store.insert_message(
-            conn,
-            {
-                **common,
-                "direction": Direction.IN,
-                "provider_message_id": sid,
-                "text": storable_text(body),
-                "intent": "media" if media else "empty",
-                "state_version": state.version,
-                "needs_review": False,
-            },
-        )
-        if state.opted_out_at is not None:
-            return []
-        return store.insert_messages(
-            conn,
-            [
-                {
-                    **common,
-                    "direction": Direction.OUT,
-                    "text": texts.TEXT_ONLY,
-                    "intent": "text_only",
-                    "reply_to_id": inbound_id,
-                    "status": DeliveryStatus.QUEUED,
-                    "needs_review": False,
-                }
-            ],
-        )
+_SID = re.compile(r"[A-Za-z0-9]{1,64}")
+_STATE = re.compile(r"[a-z_]{1,32}")
+_ERROR_CODE = re.compile(r"[0-9]{1,10}")
+MAX_MEDIA = 10  # Twilio's limit per message
 
-    def _record_status(self, sid: str, state: str, error: str | None) -> bool:
-        """Record Twilio's delivery state on the message sent as ``sid``; False if unknown."""
-        now = self.clock()
-        with self.runtime.db.begin() as conn:
-            row = conn.execute(
-                select(MESSAGE.c.id, MESSAGE.c.customer_id).where(
-                    MESSAGE.c.channel == CHANNEL,
-                    MESSAGE.c.direction == Direction.OUT,
-                    MESSAGE.c.provider_message_id == sid,
-                )
-            ).first()
-            if row is None:
-                return False
-            message_id, customer_id = row
-            if error:
-                conn.execute(
-                    update(MESSAGE)
-                    .where(MESSAGE.c.id == message_id)
-                    .values(error=f"Twilio error {error} (https://www.twilio.com/docs/api/errors/{error})")
-                )
-            final = _FINAL.get(state)
-            if final is not None:
-                values: dict[str, Any] = {"status": final, "sent_at": func.coalesce(MESSAGE.c.sent_at, now)}
-                if final == "delivered":
-                    values["delivered_at"] = now
-                # Callbacks can arrive out of order: a final state is never overwritten.
-                conn.execute(
-                    update(MESSAGE)
-                    .where(MESSAGE.c.id == message_id, MESSAGE.c.status.in_(_BEFORE_FINAL))
-                    .values(**values)
-                )
-            if error == UNSUBSCRIBED and customer_id is not None:
-                mark_opted_out(conn, customer_id=customer_id, now=now)
-        return True
+
+def _sid(raw: str) -> str:
+    if not raw:
+        raise BadRequest("MessageSid is missing")
+    if not _SID.fullmatch(raw):
+        raise BadRequest("MessageSid is not a Twilio SID (letters and digits, at most 64)")
+    return raw
+
+
+def _no_nul(form: Mapping[str, str], *, but: str | None = None) -> None:
+    """NUL never reaches the database: only the text may hold one (stored as a visible symbol)."""
+    for key, value in form.items():
+        if "\x00" in key or ("\x00" in value and key != but):
+            raise BadRequest(f"field {key[:40]!r} holds a NUL byte")
+
+
+def _media(form: Mapping[str, str]) -> tuple[Media, ...]:
+    """The pictures, audio, contact cards... of an MMS."""
+    try:
+        count = int(form.get("NumMedia") or "0")
+    except ValueError:
+        raise BadRequest("NumMedia is not a number") from None
+    if not 0 <= count <= MAX_MEDIA:
+        raise BadRequest(f"NumMedia {count} is not between 0 and {MAX_MEDIA}")
+    found = []
+    for i in range(count):
+        content_type = form.get(f"MediaContentType{i}") or None
+        top = (content_type or "").split("/", 1)[0]
+        kind = top if top in ("image", "video", "audio") else "file"
+        found.append(Media(kind, content_type, form.get(f"MediaUrl{i}") or None))
+    return tuple(found)
+
+
+def _bad_request(request: Request, exc: BadRequest) -> Response:
+    log.warning("SMS webhook %s rejected with 400: %s", request.url.path, exc)
+    return Response(f"bad request: {exc}\n", status_code=400, media_type="text/plain")
 
 
 def build_sms_service(runtime: Runtime) -> SmsService | None:

@@ -52,9 +52,11 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
+from bot.channels.base import read_body
+from bot.intake import Intake, is_outage
 from bot.runtime import Runtime
 from bot.settings import Settings
-from dialogs.engine import Inbound, ReplyOption
+from dialogs.engine import Inbound, Media, ReplyOption, storable_text
 from schedulers.delivery import Outbox, Outgoing, SendError
 from schedulers.ratelimit import Limit, SharedLimiter
 from storage.db import transaction
@@ -76,6 +78,8 @@ WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_TEXT = 4096  # Telegram's limit for one message, in UTF-16 code units
 MAX_CALLBACK_DATA = 64  # bytes
+MAX_BODY_BYTES = 1024 * 1024  # a webhook call larger than this is not an update Telegram sends
+MAX_ID = 2**63 - 1  # Telegram's ids fit in 64 bits
 INLINE_RETRY_MAX = 5.0  # a 429 asking to wait at most this long is waited out within the send
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 COMMANDS = (
@@ -320,7 +324,8 @@ class TelegramService:
             settings.telegram_rate_per_chat,
         )
         self._sender = TelegramSender(bot, self.limiter)
-        self.outbox = Outbox(runtime.db, {CHANNEL: self._sender}, runtime.dialog.reply_options)
+        self._outbox: Outbox | None = None
+        self._intake: Intake | None = None
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._chat_locks: dict[str, asyncio.Lock] = {}
@@ -331,6 +336,16 @@ class TelegramService:
     @property
     def sender(self) -> TelegramSender:
         return self._sender
+
+    def bind(self, outbox: Outbox, intake: Intake) -> None:
+        """Hand what comes in to ``intake``; send a turn's replies through ``outbox`` at once."""
+        self._outbox, self._intake = outbox, intake
+
+    @property
+    def intake(self) -> Intake:
+        if self._intake is None:
+            raise RuntimeError("the Telegram channel is not bound to an intake (make_outbox binds it)")
+        return self._intake
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -416,13 +431,18 @@ class TelegramService:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
                 continue
-            backoff = 1.0
             if not updates and time.monotonic() - asked < min(self.poll_timeout / 2, 1.0):
                 # The server answered at once (no long polling): do not spin.
                 await asyncio.sleep(self.idle_delay)
             for update in updates:
-                await self.process_update(update)
+                if not await self.process_update(update):
+                    break  # not confirmed: Telegram gives it (and what followed) again
                 self._offset = max(self._offset or 0, update.update_id + 1)
+            else:
+                backoff = 1.0
+                continue
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 60.0)
 
     # -- webhook -------------------------------------------------------------------------
 
@@ -447,30 +467,49 @@ class TelegramService:
         if not hmac.compare_digest(secret.encode(), self.webhook_secret.encode()):
             log.warning("Telegram webhook call from %s refused: wrong or missing secret token", client)
             return Response(status_code=403)
-        body = await request.body()
+        body = await read_body(request, MAX_BODY_BYTES)
+        if body is None:
+            log.warning(
+                "Telegram webhook call from %s refused with 413: over %d bytes", client, MAX_BODY_BYTES
+            )
+            return Response(status_code=413)
         try:
             data = json.loads(body)
             if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
                 raise ValueError("not a Telegram update")
-            update = Update.de_json(data, self.bot)
-        except Exception as exc:
+        except ValueError as exc:
             log.warning("Telegram webhook call from %s refused: malformed update (%s)", client, exc)
             return Response(status_code=400)
+        try:
+            update = Update.de_json(data, self.bot)
+        except Exception as exc:  # an update Telegram would deliver again and again: confirm it
+            log.warning(
+                "Telegram update %s ignored: malformed (%s: %s)", data["update_id"], type(exc).__name__, exc
+            )
+            return Response(status_code=200)
         ok = await self.process_update(update)
         return Response(status_code=200 if ok else 503)
 
     # -- updates -------------------------------------------------------------------------
 
     async def process_update(self, update: Update) -> bool:
-        """Handle one update; False (logged) when it failed and should come again."""
+        """Handle one update; False when the database is down and it should come again (a turn
+        is spooled instead; linking a chat needs the database). Any other failure is logged and
+        the update confirmed: Telegram would redeliver it forever."""
         try:
             await self._dispatch(update)
-        except Exception:
-            log.exception("Telegram update %d could not be handled", update.update_id)
-            return False
+        except Exception as exc:
+            if is_outage(exc):
+                self.intake.outage.started(exc)
+                return False
+            log.exception("Telegram update %d could not be handled; dropped", update.update_id)
         return True
 
     async def _dispatch(self, update: Update) -> None:
+        problem = _malformed(update)
+        if problem is not None:
+            log.warning("Telegram update %s ignored: %s", update.update_id, problem)
+            return
         if update.callback_query is not None:
             await self._on_button(update)
             return
@@ -488,7 +527,7 @@ class TelegramService:
         if message.contact is not None:
             await self._on_contact(update, message)
             return
-        text = message.text or ""
+        text = message.text if message.text is not None else (message.caption or "")
         command, _, argument = text.partition(" ")
         command = command.split("@", 1)[0].lower() if command.startswith("/") else ""
         if command == "/link":
@@ -504,14 +543,14 @@ class TelegramService:
             return
         if command:
             text = command + (" " + argument if argument else "")  # "/help@RapportBot" -> "/help"
-        # Stickers, photos, voice...: an empty message, which the engine answers by asking again.
+        # Stickers, photos, voice...: media, which the engine answers by asking again.
         await self._turn(self._inbound(message, text))
 
     def _inbound(
         self, message: Message, text: str, *, choice: str | None = None, phone: str | None = None
     ) -> Inbound:
         user = message.from_user
-        name = user.full_name if user is not None else None
+        name = _name(user.full_name) if user is not None else None
         return Inbound(
             channel=CHANNEL,
             address=str(message.chat.id),
@@ -521,13 +560,14 @@ class TelegramService:
             phone=phone,
             name=name,
             received_at=message.date.astimezone(UTC) if message.date else None,
+            media=_media(message),
         )
 
-    async def _turn(self, inbound: Inbound) -> bool:
-        """Run the engine and deliver its replies in the background; True if it was new."""
-        result = await asyncio.to_thread(self.runtime.dialog.handle, inbound)
-        self._deliver(inbound.address, [r.message_id for r in result.replies])
-        return not result.duplicate
+    async def _turn(self, inbound: Inbound) -> None:
+        """Run the engine (or spool the message) and deliver its replies in the background."""
+        result = await self.intake.turn(inbound)
+        if result is not None:
+            self._deliver(inbound.address, [r.message_id for r in result.replies])
 
     async def _on_button(self, update: Update) -> None:
         query = update.callback_query
@@ -544,11 +584,13 @@ class TelegramService:
             text=label,
             provider_id=f"cb:{query.id}",
             choice=data,
-            name=query.from_user.full_name,
+            name=_name(query.from_user.full_name),
             received_at=datetime.now(UTC),
         )
-        result = await asyncio.to_thread(self.runtime.dialog.handle, inbound)
+        result = await self.intake.turn(inbound)
         await self._optional("answerCallbackQuery", query.answer())
+        if result is None:  # spooled: answered when the database is back
+            return
         if not result.duplicate and message.text:
             await self._optional(
                 "editMessageText",
@@ -615,8 +657,11 @@ class TelegramService:
             try:
                 async with lock:
                     await job()
-            except Exception:
-                log.exception("a Telegram delivery to chat %s failed", chat)
+            except Exception as exc:
+                if is_outage(exc):  # what was not sent stays queued for the outbox loop
+                    self.intake.outage.started(exc)
+                else:
+                    log.exception("a Telegram delivery to chat %s failed", chat)
             finally:
                 self._chat_users[chat] -= 1
                 if not self._chat_users[chat]:
@@ -630,11 +675,16 @@ class TelegramService:
         if not message_ids:
             return
 
+        outbox = self._outbox
+        if outbox is None:
+            return
+
         async def job() -> None:
+            assert outbox is not None
             for message_id in sorted(message_ids):
                 if await self.limiter.held_for(chat) > INLINE_RETRY_MAX:
                     return  # a long 429 for this chat: the outbox loop sends the rest, in order
-                await self.outbox.deliver([message_id])
+                await outbox.deliver([message_id])
 
         self._background(chat, job)
 
@@ -657,6 +707,63 @@ class TelegramService:
             await self._sender.notice(chat_id, text, markup)
 
         self._background(str(chat_id), job)
+
+
+_MEDIA_KINDS = (
+    ("photo", "image"),
+    ("sticker", "sticker"),
+    ("animation", "video"),
+    ("video", "video"),
+    ("video_note", "video"),
+    ("voice", "audio"),
+    ("audio", "audio"),
+    ("document", "file"),
+    ("location", "location"),
+    ("venue", "location"),
+    ("poll", "poll"),
+    ("dice", "game"),
+    ("game", "game"),
+)
+
+
+def _media(message: Message) -> tuple[Media, ...]:
+    """What a message holds besides text, in the engine's words."""
+    found = []
+    for attribute, kind in _MEDIA_KINDS:
+        value = getattr(message, attribute, None)
+        if value:
+            content_type = getattr(value, "mime_type", None)
+            found.append(Media(kind, content_type if isinstance(content_type, str) else None))
+    return tuple(found)
+
+
+def _malformed(update: Update) -> str | None:
+    """What makes an update unusable (fields of the wrong type or size), or None."""
+    query = update.callback_query
+    if query is not None:
+        if not isinstance(query.id, str) or not 0 < len(query.id) <= 64:
+            return "a callback query id that is not a short string"
+        if query.data is not None and not isinstance(query.data, str):
+            return "callback data that is not a string"
+    for message in (update.message, update.edited_message, query.message if query is not None else None):
+        if message is None:
+            continue
+        if not isinstance(message, Message):
+            return "a message that is not an object"
+        chat = getattr(message, "chat", None)
+        if chat is None or not isinstance(chat.id, int) or not -MAX_ID <= chat.id <= MAX_ID:
+            return "a message without a chat id"
+        if not isinstance(message.message_id, int) or not 0 <= message.message_id <= MAX_ID:
+            return "a message id out of range"
+        for field in ("text", "caption"):
+            if not isinstance(getattr(message, field, None), str | None):
+                return f"a {field} that is not a string"
+    return None
+
+
+def _name(full_name: object) -> str | None:
+    """A sender's name as it can be stored (Telegram allows 64 characters per part)."""
+    return storable_text(full_name)[:200] if isinstance(full_name, str) else None
 
 
 def _button_label(message: Message, data: str) -> str | None:
@@ -718,16 +825,20 @@ async def run_telegram(runtime: Runtime, *, stop: asyncio.Event | None = None) -
     service = build_telegram_service(runtime, mode="polling")
     if service is None:
         raise ValueError("set TELEGRAM_BOT_TOKEN (from @BotFather) to run the Telegram bot")
-    outbox = make_outbox(runtime, [service])
+    intake = Intake(runtime)
+    outbox = make_outbox(runtime, [service], intake=intake)  # binds the service to both
     stop = stop or asyncio.Event()
     await service.start()
     sending = asyncio.create_task(outbox.run(stop=stop))
+    replaying = asyncio.create_task(intake.run(stop=stop))
     try:
         await stop.wait()
     finally:
         stop.set()
         await sending
+        await replaying
         await service.stop()
+        intake.spool.close()
 
 
 def new_link_code(runtime: Runtime, phone: str) -> str:

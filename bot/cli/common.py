@@ -3,7 +3,6 @@ database, and one way to stop with a problem."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from sqlalchemy import Engine
 
+from bot.logs import configure_logging
 from bot.runtime import Runtime, build_runtime
 from bot.settings import Settings, get_settings
 from dialogs.bank import BankError
@@ -42,12 +42,8 @@ def load_settings() -> Settings:
             err.print(f"[red]Setting {name}:[/red] {error['msg']}")
         err.print("Fix it in .env or the environment (see .env.example).")
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=found.log_level.upper(),
-        format="%(message)s",
-        handlers=[RichHandler(console=err, show_path=False)],
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations say what they did themselves
+    # Libraries (alembic, httpx, twilio...) at LIBRARY_LOG_LEVEL; secrets redacted everywhere.
+    configure_logging(found, RichHandler(console=err, show_path=False))
     return found
 
 
