@@ -61,7 +61,7 @@ INTENTS = (ANSWER, CORRECTION, *COMMANDS, STOP, ACCOUNT, HANDOFF, SMALLTALK, COM
 
 # Below this, a turn goes to the review queue (with the intent the bot chose).
 REVIEW_BELOW = 0.6
-_CLASSIFIER_MIN = 0.4  # the classifier's best guess is taken at or above this
+CLASSIFIER_MIN = 0.4  # the classifier's best guess is taken at or above this
 _STRONG = 0.7  # a classified account/person/complaint/stop question wins over facts at this
 
 
@@ -622,13 +622,17 @@ class Understander:
             return self._result(intent, 0.95, norm, (), "rules")
         # 3. The answer to the pending question, unless the message clearly means something else.
         other = top not in (ANSWER, CORRECTION) and scores[top] >= 0.6 and scores[ANSWER] < 0.2
+        if pending is not None and pending.kind is Kind.FREE_TEXT:
+            # Any text answers "what do you use your phone for?": only clear requests are not answers.
+            strong = scores[top] >= _STRONG and top in (ACCOUNT, HANDOFF, STOP)
+            other = scores[top] >= 0.6 and top in (*COMMANDS, SMALLTALK)
         if pending is not None and not strong and not other:
-            facts = self._with_pending(bank, pending, norm, facts, scores)
+            facts = self._with_pending(bank, pending, norm, facts, scores, raw=text)
         if facts and not strong:
             intent = ANSWER if pending is not None and any(f.key == pending.key for f in facts) else FACTS
             return Understanding(intent, min(f.confidence for f in facts), norm, tuple(facts), source="facts")
         # 4. The classifier.
-        if top in (ANSWER, CORRECTION) or scores[top] < _CLASSIFIER_MIN:
+        if top in (ANSWER, CORRECTION) or scores[top] < CLASSIFIER_MIN:
             if scores[ANSWER] + scores[CORRECTION] < 0.3:
                 # Not like any answer, and not clearly anything else: out of scope, for review.
                 return Understanding(OUT_OF_SCOPE, round(scores[OUT_OF_SCOPE], 3), norm, source="classifier")
@@ -654,8 +658,18 @@ class Understander:
         norm: str,
         facts: list[FactHit],
         scores: Mapping[str, float],
+        *,
+        raw: str,
     ) -> list[FactHit]:
         """``facts`` with the answer to the pending question, when the message holds one."""
+        if pending.kind is Kind.FREE_TEXT:
+            parse = parse_answer(pending, raw)  # in the customer's own words
+            if parse is None or parse.confidence < self.threshold:
+                return facts
+            return [
+                *facts,
+                FactHit(pending.key, parse.value, (0, len(norm)), parse.confidence, parse.matched),
+            ]
         if pending.kind in (Kind.CHOICE, Kind.YES_NO):
             # A named option of the pending question wins its span ("calling abroad" is a priority).
             parse = parse_answer(pending, norm)
@@ -704,8 +718,6 @@ class Understander:
         if not free:
             return None
         rest = ", ".join(c.text for c in free)
-        if pending.kind is Kind.FREE_TEXT and scores.get(ANSWER, 0.0) < 0.5:
-            return None  # free text is anything: only a message the classifier takes for a statement
         text = _time_text(rest) if pending.kind is Kind.TIME_WINDOW else rest
         parse = parse_answer(pending, text)
         if parse is None or parse.confidence < self.threshold:
