@@ -45,9 +45,9 @@ def _print_report(name: str, report: Report, *, misses: bool) -> bool:
             print(f"  {row:<{width}}" + " ".join(f"{c or '.':>6}" for c in counts))
     if misses:
         print("\n  misses:")
-        for row, got in report.misses:
+        for miss, got in report.misses:
             facts = {f.key: f.value for f in got.facts}
-            print(f"   [{row['pending']}] {row['text']!r}: want {row['intent']} {row['facts']}, "
+            print(f"   [{miss['pending']}] {miss['text']!r}: want {miss['intent']} {miss['facts']}, "
                   f"got {got.intent} {got.confidence:.2f} {facts}")  # fmt: skip
     return report.accuracy >= TARGET_OVERALL and all(a >= TARGET_CATEGORY for a in cats.values())
 

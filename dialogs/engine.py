@@ -785,7 +785,7 @@ class _Turn:
         self.intent(f"smalltalk:{topic}", review=meant.needs_review)
         if topic == "greeting":
             if not first_contact:
-                self.say(texts.hello_again(self.state.name), "greeting")
+                self.say(texts.hello_again(self.state.name), "smalltalk")
         else:
             self.say(texts.small_talk(topic, self.cfg), "smalltalk")
         self.ask_next()

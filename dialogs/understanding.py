@@ -39,7 +39,7 @@ from sklearn.svm import LinearSVC
 
 from dialogs.bank import Kind, Question, QuestionBank
 from dialogs.commands import CommandKind, detect_command
-from dialogs.parsing import Parse, find_question, mentions, normalize, parse_answer
+from dialogs.parsing import Parse, find_question, looks_like_code, mentions, normalize, parse_answer
 
 INTENTS_FILE = Path(__file__).with_name("intents.toml")
 
@@ -599,6 +599,8 @@ class Understander:
         if pending is not None and pending.kind is Kind.YES_NO and bare in self.data.yes | self.data.no:
             value = bare in self.data.yes
             return Understanding(ANSWER, 1.0, norm, (FactHit(pending.key, value, (0, len(norm)), 1.0, bare),))
+        if looks_like_code(text):
+            return Understanding(UNKNOWN, 0.0, norm)  # nobody's answer, nobody's request: for review
         command = detect_command(text)
         scores = self.classifier.scores(norm)
         top = max(scores, key=scores.__getitem__)
@@ -619,7 +621,10 @@ class Understander:
                 and scores[top] >= 0.5
             ):
                 return self._result(top, scores[top], norm, (), "classifier")
-            return self._result(intent, 0.95, norm, (), "rules")
+            result = self._result(intent, 0.95, norm, (), "rules")
+            if command.kind is CommandKind.GREETING:
+                return Understanding(SMALLTALK, 0.95, norm, topic="greeting")
+            return result
         # 3. The answer to the pending question, unless the message clearly means something else.
         other = top not in (ANSWER, CORRECTION) and scores[top] >= 0.6 and scores[ANSWER] < 0.2
         if pending is not None and pending.kind is Kind.FREE_TEXT:
