@@ -471,6 +471,7 @@ def find_facts(bank: QuestionBank, text: str, *, threshold: float = 0.75) -> lis
 
 # -- corrections and the pending answer ---------------------------------------------------------------
 
+_NUMERIC_FACTS = frozenset({"data_estimate_gb", "household_lines", "monthly_budget"})
 _CORRECTION = re.compile(
     r"^(?:(?:no|nope|oh|oops|sorry|wait|hang on|hold on|um+|uh+|ok|okay)\b[\s,.!-]*)*"
     r"(?:actually|i meant|i mean|meant|make (?:it|that)|change (?:it|that) to|scratch that|correction|"
@@ -681,11 +682,10 @@ class Understander:
             if parse is not None and parse.confidence >= self.threshold:
                 at = norm.find(parse.matched)
                 span = (at, at + len(parse.matched)) if at >= 0 else (0, len(norm))
-                kept = [
-                    f
-                    for f in facts
-                    if f.key != pending.key and not (f.span[0] < span[1] and span[0] < f.span[1])
-                ]
+                clash = [f for f in facts if f.span[0] < span[1] and span[0] < f.span[1]]
+                if any(f.key in _NUMERIC_FACTS for f in clash):
+                    return facts  # "3 phones" is a number of lines, not the word "phone"
+                kept = [f for f in facts if f.key != pending.key and f not in clash]
                 hit = FactHit(pending.key, parse.value, span, round(parse.confidence, 3), parse.matched)
                 return sorted([*kept, hit], key=lambda f: f.span[0])
         if pending.key in {f.key for f in facts}:
