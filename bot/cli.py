@@ -16,6 +16,7 @@ from rich.table import Table
 
 from bot.cli_broadcast import broadcast_app
 from bot.cli_data import import_app, plans_app
+from bot.cli_teach import teach_app
 from bot.runtime import Runtime, build_runtime
 from bot.settings import Settings, get_settings
 from dialogs.bank import BankError
@@ -29,6 +30,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(plans_app, name="plans")
 app.add_typer(import_app, name="import")
 app.add_typer(broadcast_app, name="broadcast")
+app.add_typer(teach_app, name="teach")
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

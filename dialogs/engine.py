@@ -121,6 +121,7 @@ class DialogEngine:
         *,
         clock: Callable[[], datetime] = utcnow,
         bank_provider: Callable[[Connection], QuestionBank] | None = None,
+        intents_provider: Callable[[Connection], tuple[tuple[str, str], ...]] | None = None,
     ) -> None:
         self.db = db
         self.bank = bank
@@ -130,8 +131,8 @@ class DialogEngine:
         self.clock = clock
         self.advisor = Advisor(bank, self.config.advice)
         self.account = AccountDesk(self.advisor)
-        # Intents learned from dialogs/intents.toml (trained once per process, cached).
-        self.understander = u.understander()
+        # Intent phrasings operators taught, when a provider is given (added to intents.toml's).
+        self.intents_provider = intents_provider
 
     def handle(self, inbound: Inbound) -> TurnResult:
         """Process one inbound message in one transaction and return the replies to send.
@@ -153,6 +154,11 @@ class DialogEngine:
                     raise
                 log.info("retrying a turn after %s (attempt %d)", type(exc.orig).__name__, attempt)
         raise AssertionError("unreachable")
+
+    def understander(self, conn: Connection) -> u.Understander:
+        """The understanding step: trained on intents.toml and what operators taught (cached)."""
+        taught = self.intents_provider(conn) if self.intents_provider is not None else ()
+        return u.understander(taught=taught)
 
     def reply_from_row(
         self, message_id: int, text: str, intent: str | None, question_key: str | None
@@ -545,7 +551,8 @@ class _Turn:
         kind = command.kind if command else None
         # YES is a carrier opt-in keyword (CTIA), but only here: otherwise it answers a question.
         bare = u.clean(self.text).rstrip(".! ")
-        if kind is CommandKind.START or bare == "yes" or bare in self.engine.understander.data.start:
+        starts = self.engine.understander(self.conn).data.start
+        if kind is CommandKind.START or bare == "yes" or bare in starts:
             self.state.opted_out_at = None
             self.opt_change = True
             self.intent("keyword:start")
@@ -698,7 +705,9 @@ class _Turn:
         kind = self.state.pending_kind
         pending = self.pending_question() if kind in (PendingKind.ASK, None) else None
         known = {k: u.StatedFact(f.value, f.stated_at) for k, f in self.prefs.items()}
-        meant = self.engine.understander.understand(self.bank, self.text, pending=pending, known=known)
+        meant = self.engine.understander(self.conn).understand(
+            self.bank, self.text, pending=pending, known=known
+        )
         self.understood.confidence = round(meant.confidence, 3)
         intent = meant.intent
         reconfirming = kind == PendingKind.RECONFIRM

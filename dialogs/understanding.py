@@ -603,6 +603,13 @@ class Understander:
         if looks_like_code(text):
             return Understanding(UNKNOWN, 0.0, norm)  # nobody's answer, nobody's request: for review
         command = detect_command(text)
+        if command is None and pending is not None and pending.kind is not Kind.FREE_TEXT:
+            # The common case, cheaply: the whole message is an answer ("evenings", "$40", "2").
+            whole = normalize(text[:500]).strip(" .!")
+            parse = parse_answer(pending, whole)
+            if parse is not None and parse.confidence >= 0.95 and parse.matched == whole:
+                fact = FactHit(pending.key, parse.value, (0, len(norm)), round(parse.confidence, 3), whole)
+                return Understanding(ANSWER, fact.confidence, norm, (fact,), source="facts")
         scores = self.classifier.scores(norm)
         top = max(scores, key=scores.__getitem__)
         if command is not None and command.kind is CommandKind.CHANGE:

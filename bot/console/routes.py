@@ -25,10 +25,12 @@ from sqlmodel import Session
 from bot.console import auth, charts, teach
 from bot.console.auth import ConsoleConfig, LoginOutcome, Principal
 from bot.console.broadcast_routes import broadcast_router
+from bot.console.teach_routes import teach_router
 from bot.runtime import Runtime
 from dialogs.advisor import explain, no_offer_reason
 from dialogs.bank import Question, QuestionBank
 from dialogs.parsing import format_value
+from dialogs.understanding import INTENTS
 from storage import console_queries as q
 from storage.console_models import Role
 from storage.models import DeliveryStatus
@@ -484,6 +486,7 @@ def console_router(runtime: Runtime, config: ConsoleConfig | None = None) -> API
             "review.html",
             items=items,
             teachable=teachable,
+            intents=INTENTS,
             next_page=next_page,
             done=done,
             describe=lambda key, value: _describe(the_bank, key, value),
@@ -615,6 +618,17 @@ def console_router(runtime: Runtime, config: ConsoleConfig | None = None) -> API
         next_page = f"?before={events[-1]['id']}" if len(events) == q.PAGE_SIZE else None
         return render(request, "audit.html", events=events, erasures=erased, next_page=next_page)
 
+    router.include_router(
+        teach_router(
+            runtime,
+            prefix=PREFIX,
+            clock=cfg.clock,
+            render=render,
+            operator=require(Role.OPERATOR),
+            operator_post=require_post(Role.OPERATOR),
+            client_ip=_client_ip,
+        )
+    )
     staff, staff_post = require(Role.STAFF), require_post(Role.STAFF)
     router.include_router(
         broadcast_router(
