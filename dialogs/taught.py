@@ -99,6 +99,8 @@ def teach(
         raise TeachError(f"no customer message {message_id}")
     if not found["needs_review"]:
         raise TeachError(f"message {message_id} is not waiting for review")
+    if message_id in q.reviews_for(conn, [message_id]):
+        raise TeachError(f"message {message_id} is already reviewed")
     phrase = phrase_of(found["text"] or "")
     if not phrase:
         raise TeachError("this message has no text to learn from")
