@@ -188,6 +188,7 @@ class IntentClassifier:
         # Scoring by hand with the fitted numbers: sklearn's per-call checks cost ~0.3 ms a message.
         self._analyze = self.vectorizer.build_analyzer()
         self._vocab: dict[str, int] = dict(self.vectorizer.vocabulary_)
+        self._words: dict[str, tuple[int, ...]] = {}
         self._idf = np.asarray(self.vectorizer.idf_, dtype=np.float64)
         coef = np.asarray(model.coef_, dtype=np.float64)
         intercept = np.asarray(model.intercept_, dtype=np.float64)
@@ -197,13 +198,22 @@ class IntentClassifier:
         self._coef_t = np.ascontiguousarray(coef.T)  # (features, classes)
         self._intercept = intercept
 
+    def _features(self, word: str) -> tuple[int, ...]:
+        # char_wb n-grams never cross a word boundary: a word's features are the same in any text.
+        found = self._words.get(word)
+        if found is None:
+            vocab = self._vocab
+            found = tuple(vocab[g] for g in self._analyze(word) if g in vocab)
+            if len(self._words) > 50_000:
+                self._words.clear()
+            self._words[word] = found
+        return found
+
     def scores(self, text: str) -> dict[str, float]:
         """Probability of each intent for an already :func:`clean` text."""
         counts: dict[int, int] = {}
-        vocab = self._vocab
-        for gram in self._analyze(text):
-            index = vocab.get(gram)
-            if index is not None:
+        for word in text.split():
+            for index in self._features(word):
                 counts[index] = counts.get(index, 0) + 1
         if not counts:
             return dict.fromkeys(self.labels, 1.0 / len(self.labels))
@@ -607,7 +617,7 @@ class Understander:
             # The common case, cheaply: the whole message is an answer ("evenings", "$40", "2").
             whole = normalize(text[:500]).strip(" .!")
             parse = parse_answer(pending, whole)
-            if parse is not None and parse.confidence >= 0.95 and parse.matched == whole:
+            if parse is not None and parse.confidence >= self.threshold and parse.matched == whole:
                 fact = FactHit(pending.key, parse.value, (0, len(norm)), round(parse.confidence, 3), whole)
                 return Understanding(ANSWER, fact.confidence, norm, (fact,), source="facts")
         scores = self.classifier.scores(norm)
