@@ -252,6 +252,9 @@ _COUPLE = re.compile(
     r"|partner|gf|bf|girlfriend|boyfriend|spouse|hubby)\b"
     r"(?!\s+and\b)"
 )
+_MORE_PEOPLE = re.compile(
+    r"\b(?:kids?|children|child|sons?|daughters?|family|mom|mum|dad|parents?|and \d+)\b"
+)
 _MONEY = re.compile(
     r"(?:[$€£]\s*\d+(?:[.,]\d+)?|\b\d+(?:[.,]\d+)?\s*(?:\$|€|£|dollars?|bucks?|usd|euros?|quid|pounds?)\b"
     r"|\b\d+(?:[.,]\d+)?\b)"
@@ -394,9 +397,30 @@ def _time_text(clause: str) -> str:
     return re.sub(r"\b(?:not|no|never)\s+(?:after|later than)\b", "before", clause)
 
 
+_WORD_NUMBERS = {"a": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+_RELATIVES = re.compile(
+    r"\b(?:(?P<n>\d|a|one|two|three|four|five|six)\s+)?(?:my\s+)?(?P<who>kids?|children|child|sons?|daughters?|"
+    r"wife|husband|partner|spouse|gf|bf|girlfriend|boyfriend|mom|mum|dad|mother|father|brother|sister)\b"
+)
+
+
+def _household(text: str) -> int | None:
+    """People in "me, my wife and 2 kids" (4): the customer and each relative named, if two or more."""
+    found = list(_RELATIVES.finditer(text))
+    if not found or not re.search(r"\b(?:me|myself|i)\b", text):
+        return None
+    people = 1
+    for m in found:
+        n = m.group("n")
+        people += int(n) if n and n.isdigit() else _WORD_NUMBERS.get(n or "", 1)
+    return people if people >= 3 or len(found) >= 2 else None
+
+
 def find_facts(bank: QuestionBank, text: str, *, threshold: float = 0.75) -> list[FactHit]:
     """Facts stated by value anywhere in ``text`` (already :func:`clean`), at most one per span."""
     finder = _Finder(bank, text, threshold)
+    if (people := _household(text)) is not None and not _LINES.search(text):
+        finder.add("household_lines", people, 0, len(text), 0.85, text)
     m: re.Match[str] | None
     for clause in _clauses(text):
         c = clause.text
@@ -406,7 +430,7 @@ def find_facts(bank: QuestionBank, text: str, *, threshold: float = 0.75) -> lis
             finder.parse("household_lines", clause, m)
         if (m := _JUST_ME.search(c)) is not None and not _negated(c, m.start()):
             finder.add("household_lines", 1, clause.start + m.start(), clause.start + m.end(), 0.9, m.group())
-        if (m := _COUPLE.search(c)) is not None:
+        if (m := _COUPLE.search(c)) is not None and not _MORE_PEOPLE.search(text):
             finder.add(
                 "household_lines", 2, clause.start + m.start(), clause.start + m.end(), 0.85, m.group()
             )
@@ -696,7 +720,11 @@ class Understander:
         if pending.kind in (Kind.CHOICE, Kind.YES_NO):
             # A named option of the pending question wins its span ("calling abroad" is a priority).
             parse = parse_answer(pending, norm)
-            if parse is not None and parse.confidence >= self.threshold:
+            if (
+                parse is not None
+                and parse.confidence >= self.threshold
+                and not _negated_match(norm, parse.matched)
+            ):
                 at = norm.find(parse.matched)
                 span = (at, at + len(parse.matched)) if at >= 0 else (0, len(norm))
                 clash = [f for f in facts if f.span[0] < span[1] and span[0] < f.span[1]]
@@ -742,7 +770,7 @@ class Understander:
         rest = ", ".join(c.text for c in free)
         text = _time_text(rest) if pending.kind is Kind.TIME_WINDOW else rest
         parse = parse_answer(pending, text)
-        if parse is None or parse.confidence < self.threshold:
+        if parse is None or parse.confidence < self.threshold or _negated_match(text, parse.matched):
             return None
         start, end = free[0].start, free[-1].start + len(free[-1].text)
         return FactHit(pending.key, parse.value, (start, end), round(parse.confidence, 3), parse.matched)
@@ -787,6 +815,15 @@ class Understander:
         span = (max(start, 0), max(start, 0) + len(value_text))
         hit = FactHit(question.key, parse.value, span, round(parse.confidence, 3), parse.matched)
         return Understanding(CORRECTION, hit.confidence, norm, (hit,), source="facts")
+
+
+def _negated_match(text: str, matched: str) -> bool:
+    """Whether a negator comes before ``matched`` in its clause ("not in the morning")."""
+    at = text.find(matched)
+    if at <= 0:
+        return False
+    clause_start = max((m.end() for m in _CLAUSE.finditer(text, 0, at)), default=0)
+    return _negated(text[clause_start:at], at - clause_start)
 
 
 def _naive(when: datetime) -> datetime:
