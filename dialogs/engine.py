@@ -760,9 +760,14 @@ class _Turn:
             if question is pending:
                 answered = question
         if answered is not None:
-            # The stored row names the pending question's answer.
-            self.understood_as(answered, self.prefs[answered.key].value, meant.confidence)
             self.intent("answer")
+        if len(items) > 1:
+            # The message's row keeps every value it stated (the history of each fact).
+            self.understood.question_key = None
+            self.understood.parsed_value = {q.key: value for q, value in items}
+            self.understood.confidence = round(meant.confidence, 3)
+        elif answered is not None:
+            self.understood_as(answered, self.prefs[answered.key].value, meant.confidence)
         if meant.needs_review:
             self.understood.needs_review = True
         if meant.intent == u.CORRECTION:

@@ -60,6 +60,9 @@ def test_several_facts_in_one_message_are_stored_and_acknowledged_in_one_sentenc
     assert question_of(replies) not in ("contact_channel", "contact_time", "travel_abroad")
     inbound = [m for m in alex.messages() if m.direction == "in"][-1]
     assert all(alex.prefs()[k].message_id == inbound.id for k in ("contact_time", "travel_abroad"))
+    assert inbound.parsed_value == {
+        k: values[k] for k in ("contact_time", "contact_channel", "travel_abroad")
+    }
 
 
 def test_facts_by_value_while_another_question_is_pending(dialog: DialogEngine) -> None:
