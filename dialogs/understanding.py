@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.svm import LinearSVC
 
 from dialogs.bank import Kind, Question, QuestionBank
 from dialogs.commands import CommandKind, detect_command
@@ -174,6 +172,10 @@ class IntentClassifier:
     temperature = 3.0
 
     def __init__(self, examples: Mapping[str, Iterable[str]]) -> None:
+        # Imported here: scikit-learn takes a while to import, and most commands never classify.
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.svm import LinearSVC
+
         texts: list[str] = []
         labels: list[str] = []
         for intent, phrases in examples.items():
