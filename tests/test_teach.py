@@ -16,7 +16,7 @@ from storage.tables import MESSAGE
 from tests.test_cli import rapport
 from tests.test_console import Console, console, login, say  # noqa: F401 (console is a fixture)
 
-PHRASE = "fetch me the boss lady"
+PHRASE = "gimme the head honcho"
 
 
 def _handoff_engine(c: Console) -> DialogEngine:
@@ -39,7 +39,7 @@ def test_teaching_an_intent_in_the_console_is_understood_then_undone(console: Co
     assert response.status_code == 200 and "Taught" in response.text
     engine = _handoff_engine(console)
     engine.handle(Inbound(channel="sms", address="+14155550182", text="hi"))
-    result = engine.handle(Inbound(channel="sms", address="+14155550182", text="Fetch me the boss lady!"))
+    result = engine.handle(Inbound(channel="sms", address="+14155550182", text="Gimme the head honcho!"))
     assert [r.intent for r in result.replies] == ["handoff"]
 
     page = console.client.get("/console/taught").text

@@ -275,5 +275,6 @@ def test_held_out_phrasings_are_not_training_examples() -> None:
 
 def test_the_classifier_learns_from_the_examples_it_is_given(bank: QuestionBank) -> None:
     data = IntentData.load()
+    assert Understander(data).understand(bank, "fetch me the boss lady").intent != "handoff"
     taught = Understander(data, taught=[("handoff", "fetch me the boss lady")])
     assert taught.understand(bank, "fetch me the boss lady").intent == "handoff"
