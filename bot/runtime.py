@@ -31,5 +31,7 @@ def build_runtime(settings: Settings) -> Runtime:
     bank = QuestionBank.load(settings.question_bank)
     db = open_database(settings.database_url)
     taught = TaughtBankCache(bank)  # answers operators taught in the console
-    dialog = DialogEngine(db, bank, settings.engine_config(), bank_provider=taught.get)
+    dialog = DialogEngine(
+        db, bank, settings.engine_config(), bank_provider=taught.get, intents_provider=taught.intents
+    )
     return Runtime(settings, db, bank, dialog, settings.policy_config())

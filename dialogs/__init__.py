@@ -1,7 +1,9 @@
-"""Rapport's dialog engine: question bank, answer parsing, commands and the next-question policy."""
+"""Rapport's dialog engine: question bank, understanding (intents, facts, corrections), answer
+parsing, commands and the next-question policy."""
 
 from dialogs.bank import BankError, Kind, Option, Question, QuestionBank
 from dialogs.engine import DialogEngine, EngineConfig, Inbound, Reply, ReplyOption, TurnResult
+from dialogs.understanding import Understander, Understanding, understander
 
 __all__ = [
     "BankError",
@@ -15,4 +17,7 @@ __all__ = [
     "Reply",
     "ReplyOption",
     "TurnResult",
+    "Understander",
+    "Understanding",
+    "understander",
 ]

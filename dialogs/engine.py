@@ -17,11 +17,13 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from dialogs import handoff, texts
+from dialogs import understanding as u
+from dialogs.account import AccountDesk
 from dialogs.advisor import AdviceConfig, Advisor, explain, no_offer_reason
 from dialogs.bank import Kind, Question, QuestionBank
 from dialogs.commands import CARRIER_KEYWORDS, Command, CommandKind, detect_command
 from dialogs.handoff import HandoffConfig
-from dialogs.parsing import Parse, find_question, mentions, normalize, parse_answer, parse_yes_no
+from dialogs.parsing import Parse, find_question, normalize, parse_answer, parse_yes_no
 from dialogs.policy import Next, next_step, open_questions
 from storage import handoff as conversations
 from storage import turns as store
@@ -139,6 +141,7 @@ class DialogEngine:
         *,
         clock: Callable[[], datetime] = utcnow,
         bank_provider: Callable[[Connection], QuestionBank] | None = None,
+        intents_provider: Callable[[Connection], tuple[tuple[str, str], ...]] | None = None,
     ) -> None:
         self.db = db
         self.bank = bank
@@ -147,6 +150,9 @@ class DialogEngine:
         self.config = config or EngineConfig()
         self.clock = clock
         self.advisor = Advisor(bank, self.config.advice)
+        self.account = AccountDesk(self.advisor)
+        # Intent phrasings operators taught, when a provider is given (added to intents.toml's).
+        self.intents_provider = intents_provider
 
     def handle(self, inbound: Inbound) -> TurnResult:
         """Process one inbound message in one transaction and return the replies to send.
@@ -168,6 +174,11 @@ class DialogEngine:
                     raise
                 log.info("retrying a turn after %s (attempt %d)", type(exc.orig).__name__, attempt)
         raise AssertionError("unreachable")
+
+    def understander(self, conn: Connection) -> u.Understander:
+        """The understanding step: trained on intents.toml and what operators taught (cached)."""
+        taught = self.intents_provider(conn) if self.intents_provider is not None else ()
+        return u.understander(taught=taught)
 
     def reply_from_row(
         self, message_id: int, text: str, intent: str | None, question_key: str | None
@@ -352,13 +363,12 @@ class _Turn:
 
     def _dispatch(self, *, first_contact: bool, idle: timedelta | None) -> None:
         text = normalize(self.text)
-        command = detect_command(self.text) if text else None
 
         if self.state.opted_out_at is not None:
-            self._while_opted_out(command)
+            self._while_opted_out(detect_command(self.text) if text else None)
             return
         if self.conv.with_person:
-            self._while_with_person(command)
+            self._while_with_person(detect_command(self.text) if text else None)
             return
         if first_contact:
             self.say(texts.greeting(self.cfg, self.state.name), "greeting")
@@ -370,9 +380,6 @@ class _Turn:
             return
         if not text:
             self._no_text(first_contact=first_contact)
-            return
-        if handoff.asks_for_person(self.text):
-            self._want_person("asked")
             return
         if self.state.pending_kind == PendingKind.OFFER_PERSON and self._offer_answer(self.text):
             return
@@ -387,12 +394,7 @@ class _Turn:
             self.state.pending_key = self.state.pending_kind = None
         if self.state.pending_kind == PendingKind.SUGGESTION and self._suggestion_answer(self.text):
             return
-        if command is not None:
-            self._command(command, first_contact=first_contact)
-            return
-        if self.state.pending_kind == PendingKind.RECONFIRM and self._reconfirm(self.text):
-            return
-        self._answer(self.text, first_contact=first_contact)
+        self._understand(first_contact=first_contact)
 
     def _no_text(self, *, first_contact: bool) -> None:
         """An empty message, or only a picture, sticker, location...: say so briefly (not to a
@@ -588,7 +590,9 @@ class _Turn:
     def _while_opted_out(self, command: Command | None) -> None:
         kind = command.kind if command else None
         # YES is a carrier opt-in keyword (CTIA), but only here: otherwise it answers a question.
-        if kind is CommandKind.START or normalize(self.text).rstrip(".! ") == "yes":
+        bare = u.clean(self.text).rstrip(".! ")
+        starts = self.engine.understander(self.conn).data.start
+        if kind is CommandKind.START or bare == "yes" or bare in starts:
             self.state.opted_out_at = None
             self.opt_change = True
             self.intent("keyword:start")
@@ -734,42 +738,120 @@ class _Turn:
             return True
         return False
 
-    def _answer(self, text: str, *, first_contact: bool) -> None:
-        pending = self.pending_question() if self.state.pending_kind in (PendingKind.ASK, None) else None
-        noted: list[tuple[Question, Any]] = []
-        # Out-of-turn answers name their topic ("actually my budget is $40").
-        for question in self.bank:
-            if question is pending or not mentions(question, text):
-                continue
-            parse = parse_answer(question, text)
-            if self.accept(parse) and parse is not None:
-                self.remember(question, parse, intent="out_of_turn")
-                noted.append((question, parse.value))
-        best: Parse | None = None
-        # A number in "my budget is 40" belongs to the budget, not to a pending number question.
-        numeric = pending is not None and pending.kind in (Kind.NUMBER, Kind.MONEY)
-        if pending is not None and not (noted and numeric):
-            best = parse_answer(pending, text)
-            if self.accept(best) and best is not None:
-                self.remember(pending, best, intent="answer")
-                prefix = texts.ack(pending, best.value)
-                if noted:
-                    prefix = texts.noted(noted) + " " + prefix
-                self.ask_next(prefix=prefix)
-                return
-        if noted:
-            self.ask_next(prefix=texts.noted(noted) + " ")
+    # -- understanding, then deciding ------------------------------------------------------
+
+    def _understand(self, *, first_contact: bool) -> None:
+        """Understand the message, then act on what it means."""
+        kind = self.state.pending_kind
+        pending = self.pending_question() if kind in (PendingKind.ASK, None) else None
+        known = {k: u.StatedFact(f.value, f.stated_at) for k, f in self.prefs.items()}
+        meant = self.engine.understander(self.conn).understand(
+            self.bank, self.text, pending=pending, known=known
+        )
+        self.understood.confidence = round(meant.confidence, 3)
+        intent = meant.intent
+        reconfirming = kind == PendingKind.RECONFIRM
+        if (
+            reconfirming
+            and intent in (u.ANSWER, u.FACTS, u.UNKNOWN, u.OUT_OF_SCOPE)
+            and self._reconfirm(self.text)
+        ):
             return
+        if intent == u.STOP:
+            self.intent("keyword:stop" if meant.source == "rules" else "command:stop")
+            self._opt_out()
+        elif intent in _COMMAND_KINDS:
+            command = Command(_COMMAND_KINDS[intent], meant.command_topic, meant.command_value)
+            self._command(command, first_contact=first_contact)
+            self.understood.needs_review = self.understood.needs_review or meant.needs_review
+        elif intent == u.ACCOUNT:
+            self._account(meant)
+        elif intent == u.HANDOFF:
+            self._want_person("asked")
+        elif intent == u.SMALLTALK:
+            self._small_talk(meant, first_contact=first_contact)
+        elif intent == u.OUT_OF_SCOPE and meant.confidence < u.CLASSIFIER_MIN and pending is not None:
+            # Like nothing the bot knows, and the question is open: ask it again, with its options.
+            self._not_understood(pending, first_contact=first_contact)
+        elif intent in (u.COMPLAINT, u.OUT_OF_SCOPE):
+            self.intent(intent, review=meant.needs_review)
+            self.say(texts.COMPLAINT if intent == u.COMPLAINT else texts.OUT_OF_SCOPE, intent)
+            self.ask_next()
+        elif intent in (u.ANSWER, u.FACTS, u.CORRECTION) and meant.facts:
+            self._store(meant, pending)
+        else:
+            self._not_understood(pending, first_contact=first_contact)
+
+    def _store(self, meant: u.Understanding, pending: Question | None) -> None:
+        """Remember every fact stated, acknowledged in one sentence."""
+        items: list[tuple[Question, Any]] = []
+        answered: Question | None = None
+        for hit in meant.facts:
+            question = self.bank.get(hit.key)
+            if question is None:
+                continue
+            parse = Parse(hit.value, hit.confidence, hit.matched)
+            if meant.intent == u.CORRECTION:
+                label = "correction"
+            else:
+                label = "answer" if question is pending else "out_of_turn"
+            self.remember(question, parse, intent=label)
+            items.append((question, hit.value))
+            if question is pending:
+                answered = question
+        if answered is not None:
+            self.intent("answer")
+        if len(items) > 1:
+            # The message's row keeps every value it stated (the history of each fact).
+            self.understood.question_key = None
+            self.understood.parsed_value = {q.key: value for q, value in items}
+            self.understood.confidence = round(meant.confidence, 3)
+        elif answered is not None:
+            self.understood_as(answered, self.prefs[answered.key].value, meant.confidence)
+        if meant.needs_review:
+            self.understood.needs_review = True
+        if meant.intent == u.CORRECTION:
+            prefix = texts.corrected(items)
+        elif len(items) == 1 and answered is not None:
+            prefix = texts.ack(answered, items[0][1])
+        else:
+            prefix = texts.noted(items)
+        self.ask_next(prefix=prefix.rstrip() + " ")
+
+    def _account(self, meant: u.Understanding) -> None:
+        """An account question answered from what the bot holds, then back to the question."""
+        topic = meant.topic or "plan"
+        self.intent(f"account:{topic}", review=meant.needs_review)
+        if topic == "fit":
+            self._suggest()
+            return
+        answer = self.engine.account.answer(
+            self.conn,
+            customer_id=self.state.customer_id,
+            current_plan=self.state.current_plan_id,
+            topic=topic,
+        )
+        self.say(answer, "account")
+        self.ask_next()
+
+    def _small_talk(self, meant: u.Understanding, *, first_contact: bool) -> None:
+        topic = meant.topic or "other"
+        self.intent(f"smalltalk:{topic}", review=meant.needs_review)
+        if topic == "greeting":
+            if not first_contact:
+                self.say(texts.hello_again(self.state.name), "smalltalk")
+        else:
+            self.say(texts.small_talk(topic, self.cfg), "smalltalk")
+        self.ask_next()
+
+    def _not_understood(self, pending: Question | None, *, first_contact: bool) -> None:
         if pending is None:
             self.intent("chat", review=not first_contact)
             if not first_contact:
                 self.say(texts.fallback(self.state.finished_at is not None), "fallback")
             self.ask_next()
             return
-        # The pending question was not understood.
         self.understood.question_key = pending.key
-        if best is not None:
-            self.understood_as(pending, best.value, best.confidence)
         self.intent("unparsed", review=True)
         self.state.reask_count += 1
         if self.state.reask_count >= self.cfg.max_failed_tries:
@@ -806,6 +888,9 @@ class _Turn:
             self.intent(f"keyword:{kind.value}")
         if kind is CommandKind.STOP:
             self._opt_out()
+        elif kind is None and self._opts_out_in_words():
+            self.intent("command:stop")
+            self._opt_out()
         elif kind is CommandKind.HELP:
             self.say(texts.help_text(self.cfg, opted_out=False), "help")
         elif kind is CommandKind.START:
@@ -822,6 +907,12 @@ class _Turn:
             self.ask_next(prefix=handoff.BACK_WITH_BOT + " ")
         else:
             self.intent("to_person")  # stored and shown to the operator; the bot says nothing
+
+    def _opts_out_in_words(self) -> bool:
+        """Whether the message revokes consent in any wording ("pls dont text me anymore",
+        "BAJA"): honoured at once even while a person has the conversation."""
+        meant = self.engine.understander(self.conn).understand(self.bank, self.text, pending=None, known={})
+        return meant.intent == u.STOP
 
     def _offer_person(self) -> None:
         """After failing to understand twice in a row: offer a person (the question stays pending)."""
@@ -860,5 +951,14 @@ class _Turn:
         self._want_person(f"intent:{intent}", keep_intent=True)
 
 
+_COMMAND_KINDS = {
+    u.SKIP: CommandKind.SKIP,
+    u.WHY: CommandKind.WHY,
+    u.PROFILE: CommandKind.PROFILE,
+    u.CHANGE: CommandKind.CHANGE,
+    u.FORGET: CommandKind.FORGET,
+    u.HELP: CommandKind.HELP,
+    u.START: CommandKind.START,
+}
 _KEYWORDS = (CommandKind.STOP, CommandKind.START, CommandKind.HELP)
 _YES_NO_ASIDES = (PendingKind.CONFIRM_FORGET, PendingKind.CONFIRM_STOP, PendingKind.OFFER_PERSON)

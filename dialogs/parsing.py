@@ -241,6 +241,11 @@ _CODE = re.compile(
 _OPTION_NUMBER = re.compile(r"(?:option|choice|number|no\.?|#)?\s*#?\s*(\d{1,2})\s*[.)]?")
 
 
+def looks_like_code(text: str) -> bool:
+    """Whether ``text`` looks like SQL, markup or shell rather than something a customer means."""
+    return _CODE.search(normalize(text[:MAX_CHARS])) is not None
+
+
 def _option_number(question: Question, norm: str) -> Option | None:
     m = _OPTION_NUMBER.fullmatch(norm)
     if m and 1 <= int(m.group(1)) <= len(question.options):

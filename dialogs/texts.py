@@ -38,6 +38,19 @@ OPTED_OUT = "You're unsubscribed and won't get any more messages from us. Reply 
 OPTED_IN = "Welcome back! You're subscribed to our messages again. Reply STOP at any time to opt out."
 ALREADY_IN = "You're already subscribed."
 TEXT_ONLY = "Sorry, I can only read text. Please reply in words, without pictures or files."
+HANDOFF = (
+    "OK, I'll ask a person from our team to pick this up; they'll reply to you here. "
+    "I won't ask you anything else in the meantime."
+)
+OFFER_PERSON = "If you'd rather talk to a person, just say 'person'."
+COMPLAINT = (
+    "Sorry to hear that. I can't fix network, phone or billing problems myself, but a person from "
+    "our team can: just say 'person'."
+)
+OUT_OF_SCOPE = (
+    "I'm afraid I can't help with that: I can tell you about your plan, usage and bill, and learn "
+    "how you'd like us to serve you."
+)
 SUGGESTION_CHANGED = "Your numbers have changed since I suggested that plan, so here is a fresh look."
 
 _SOURCES = {
@@ -100,10 +113,38 @@ def ack(question: Question, value: Any) -> str:
     return f"Got it: {format_value(question, value)}. "
 
 
+def _listed(parts: Sequence[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def noted(items: Sequence[tuple[Question, Any]]) -> str:
-    """Acknowledge answers given out of turn."""
-    parts = [f"your {q.name} is {format_value(q, v)}" for q, v in items]
-    return "Noted: " + "; ".join(parts) + "."
+    """Acknowledge facts stated in one message, in one sentence."""
+    return "Noted: " + _listed([f"your {q.name} is {format_value(q, v)}" for q, v in items]) + "."
+
+
+def corrected(items: Sequence[tuple[Question, Any]]) -> str:
+    """Confirm a correction ("actually make that mornings")."""
+    return "Fixed: " + _listed([f"your {q.name} is now {format_value(q, v)}" for q, v in items]) + "."
+
+
+_SMALL_TALK = {
+    "thanks": "You're welcome!",
+    "bye": "Bye for now! Text me any time.",
+    "how_are_you": "I'm doing well, thanks for asking!",
+    "other": "Thanks for your message!",
+}
+
+
+def small_talk(topic: str, cfg: EngineConfig) -> str:
+    """A short, honest, friendly reply to small talk."""
+    if topic == "bot":
+        return (
+            f"Yes, I'm {cfg.bot_name}, {cfg.company_name}'s automated assistant. Say 'person' any time "
+            "to reach someone from our team."
+        )
+    if topic == "name":
+        return f"I'm {cfg.bot_name}, {cfg.company_name}'s automated assistant."
+    return _SMALL_TALK.get(topic, _SMALL_TALK["other"])
 
 
 def changed(question: Question, value: Any) -> str:

@@ -377,6 +377,19 @@ def taught_synonyms(conn: Connection) -> list[RowMapping]:
     return list(conn.execute(select(TAUGHT).order_by(TAUGHT.c.id)).mappings().all())
 
 
+def taught_with_phrase(conn: Connection, phrase: str) -> list[RowMapping]:
+    """The taught rows (answers and intents) for one phrase."""
+    return list(conn.execute(select(TAUGHT).where(TAUGHT.c.phrase == phrase)).mappings().all())
+
+
+def delete_taught(conn: Connection, taught_id: int) -> RowMapping | None:
+    """Remove one taught row (undo); the row as it was, or None if there is no such row."""
+    row = conn.execute(select(TAUGHT).where(TAUGHT.c.id == taught_id)).mappings().first()
+    if row is not None:
+        conn.execute(delete(TAUGHT).where(TAUGHT.c.id == taught_id))
+    return row
+
+
 def taught_version(conn: Connection) -> tuple[int, int | None]:
     """Changes whenever a synonym is taught or removed (a cheap cache key)."""
     count, last = conn.execute(select(func.count(), func.max(TAUGHT.c.id))).one()

@@ -27,6 +27,7 @@ COMMANDS = {
     "outreach": {"scan"},
     "switches": {"export", "deliver"},
     "users": {"add"},
+    "teach": {"queue", "list", "add", "undo"},
 }
 
 

@@ -229,12 +229,11 @@ def test_stop_and_start(dialog: DialogEngine) -> None:
     assert alex.customer().opted_out_at is None
 
 
-def test_stop_in_words_asks_to_confirm(dialog: DialogEngine) -> None:
+def test_stop_in_words_opts_out_at_once(dialog: DialogEngine) -> None:
+    # A revocation of consent by any reasonable means is honoured at once (FCC, April 2025).
     alex = Texter(dialog)
     alex.say("hi")
-    assert alex.say("please stop messaging me")[0].intent == "confirm"
-    assert alex.customer().opted_out_at is None
-    assert alex.say("yes")[0].intent == "opt_out"
+    assert alex.say("please stop messaging me")[0].intent == "opt_out"
     assert alex.customer().opted_out_at is not None
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 
 from bot.console import teach
 from bot.console.deps import PREFIX, ConsoleDep, Operator, OperatorPost, client_ip, describe, render
+from dialogs.understanding import INTENTS
 from storage import console_queries as q
 from storage.types import Direction
 
@@ -36,6 +37,7 @@ def review(
         "review.html",
         items=items,
         teachable=teachable,
+        intents=INTENTS,
         next_page=next_page,
         done=done,
         describe=lambda key, value: describe(bank, key, value),

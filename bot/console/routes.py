@@ -19,11 +19,13 @@ from bot.console.deps import (
     PREFIX,
     TEMPLATES,
     Console,
+    client_ip,
     render,
     require,
     require_post,
 )
 from bot.console.inbox_routes import inbox_router
+from bot.console.teach_routes import teach_router
 from bot.runtime import Runtime
 from storage.console_models import Role
 
@@ -47,6 +49,17 @@ def console_router(runtime: Runtime, config: ConsoleConfig | None = None) -> API
             bank=console.bank,
             operator=require(Role.OPERATOR),
             operator_post=require_post(Role.OPERATOR),
+        )
+    )
+    router.include_router(
+        teach_router(
+            runtime,
+            prefix=PREFIX,
+            clock=console.config.clock,
+            render=render,
+            operator=require(Role.OPERATOR),
+            operator_post=require_post(Role.OPERATOR),
+            client_ip=client_ip,
         )
     )
     router.include_router(
