@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rapidfuzz import fuzz, process
 
 from dialogs.bank import Kind, Question, QuestionBank
 from dialogs.commands import CommandKind, detect_command
@@ -60,6 +61,10 @@ INTENTS = (ANSWER, CORRECTION, *COMMANDS, STOP, ACCOUNT, HANDOFF, SMALLTALK, COM
 # Below this, a turn goes to the review queue (with the intent the bot chose).
 REVIEW_BELOW = 0.6
 CLASSIFIER_MIN = 0.4  # the classifier's best guess is taken at or above this
+# A guess that acts on the conversation (a person, an opt-out) below this is taken only when every
+# word of the message is one the examples know (or a typo of one), and never when a third of its
+# words are unknown: "kumquat please" is nobody's request for a person, though "please" leans so.
+ACT_MIN = 0.7
 _STRONG = 0.7  # a classified account/person/complaint/stop question wins over facts at this
 
 
@@ -606,6 +611,7 @@ class Understander:
     taught: Sequence[tuple[str, str]] = ()  # (intent, phrase) taught by operators
     threshold: float = 0.75
     classifier: IntentClassifier = field(init=False)
+    vocabulary: frozenset[str] = field(init=False)  # every word of the examples
 
     def __post_init__(self) -> None:
         examples = {k: list(v) for k, v in self.data.examples.items()}
@@ -613,6 +619,12 @@ class Understander:
             if intent in examples:
                 examples[intent].append(phrase)
         self.classifier = IntentClassifier(examples)
+        self.vocabulary = frozenset(
+            word
+            for phrases in examples.values()
+            for phrase in phrases
+            for word in _WORDS.findall(clean(phrase))
+        )
 
     def understand(
         self,
@@ -681,12 +693,29 @@ class Understander:
             intent = ANSWER if pending is not None and any(f.key == pending.key for f in facts) else FACTS
             return Understanding(intent, min(f.confidence for f in facts), norm, tuple(facts), source="facts")
         # 4. The classifier.
-        if top in (ANSWER, CORRECTION) or scores[top] < CLASSIFIER_MIN:
+        acts = top in (HANDOFF, STOP) and self._guessing(norm, scores[top])
+        if top in (ANSWER, CORRECTION) or scores[top] < CLASSIFIER_MIN or acts:
             if scores[ANSWER] + scores[CORRECTION] < 0.3:
                 # Not like any answer, and not clearly anything else: out of scope, for review.
                 return Understanding(OUT_OF_SCOPE, round(scores[OUT_OF_SCOPE], 3), norm, source="classifier")
             return Understanding(UNKNOWN, round(scores[top], 3), norm, source="classifier")
         return self._result(top, scores[top], norm, (), "classifier")
+
+    def _guessing(self, norm: str, score: float) -> bool:
+        """Whether the classifier leans on a few familiar words among unknown ones: a third of
+        the words unknown, or any when it is not sure (below ``ACT_MIN``)."""
+        share = self._unknown_share(norm)
+        return share >= 1 / 3 or (share > 0 and score < ACT_MIN)
+
+    def _unknown_share(self, norm: str) -> float:
+        """The share of the words (3+ letters) of ``norm`` that no example has, nor anything close."""
+        words = [word for word in _WORDS.findall(norm) if len(word) >= 3]
+        unknown = sum(
+            word not in self.vocabulary
+            and process.extractOne(word, self.vocabulary, scorer=fuzz.ratio, score_cutoff=80) is None
+            for word in words
+        )
+        return unknown / len(words) if words else 0.0
 
     def _change(self, bank: QuestionBank, norm: str, topic: str | None, value: str | None) -> Understanding:
         facts: tuple[FactHit, ...] = ()

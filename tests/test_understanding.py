@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine
 
+from dialogs import understanding as u
 from dialogs.bank import QuestionBank
 from dialogs.engine import DialogEngine
 from dialogs.evaluation import evaluate, load_rows
@@ -283,3 +284,10 @@ def test_the_classifier_learns_from_the_examples_it_is_given(bank: QuestionBank)
     assert Understander(data).understand(bank, "fetch me the boss lady").intent != "handoff"
     taught = Understander(data, taught=[("handoff", "fetch me the boss lady")])
     assert taught.understand(bank, "fetch me the boss lady").intent == "handoff"
+
+
+@pytest.mark.parametrize("text", ["kumquat please", "zorblat pls", "purple please", "the quokka one"])
+def test_a_guess_from_one_familiar_word_never_acts(bank: QuestionBank, text: str) -> None:
+    # Words no example knows, next to a polite one: not a request for a person, not an opt-out.
+    meant = understander().understand(bank, text, pending=bank.get("contact_channel"), known={})
+    assert meant.intent not in (u.HANDOFF, u.STOP)

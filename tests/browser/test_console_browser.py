@@ -154,7 +154,7 @@ def test_teach_a_synonym_then_a_new_conversation_understands_it(page: Page, serv
     row = page.locator(f"#m{served.pigeon_message_id}")
     expect(row).to_contain_text("carrier pigeon")
     row.locator("select[name=answer]").select_option(label="contact channel: text message")
-    row.get_by_role("button", name="Teach").click()
+    row.get_by_role("button", name="Teach", exact=True).click()
     expect(page.locator(".notice")).to_contain_text("Taught")
     expect(page.locator(f"#m{served.pigeon_message_id}")).to_have_count(0)
 
