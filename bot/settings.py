@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     default_timezone: str = "UTC"
     proactive_cap: int = Field(default=1, ge=1)
     proactive_cap_days: float = Field(default=7, gt=0)
-    stuck_sending_minutes: float = Field(default=5, gt=0)
+    claim_lease_seconds: float = Field(default=10, ge=1, le=600)
     rate_headroom: float = Field(default=0.97, gt=0, le=1)
     proactive_scan_at: time = time(9, 0)  # UTC
     nudge_max: int = Field(default=2, ge=0)

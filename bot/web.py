@@ -1,4 +1,4 @@
-"""Rapport's web app: health, the channels' webhooks, and (to come) the console.
+"""Rapport's web app: health (``/healthz``), the channels' webhooks, and the console.
 
 The app's lifespan starts the configured channels and the outbox loop that sends queued
 messages (retries included), and stops them in reverse order.
@@ -20,6 +20,7 @@ from bot.console import ConsoleConfig, mount_console
 from bot.intake import Intake
 from bot.runtime import Runtime
 from schedulers.delivery import Outbox
+from schedulers.health import Part
 from schedulers.jobs import JobContext, Scheduler, run_scheduler
 from schedulers.leader import delivery_lock
 from storage.db import database_status
@@ -34,7 +35,13 @@ def make_outbox(
     SQLite, any number on PostgreSQL); the channels are bound to it and to ``intake`` (a new
     one if not given)."""
     senders = {s.name: s.sender for s in services}
-    outbox = Outbox(runtime.db, senders, runtime.dialog.reply_options, lock=delivery_lock(runtime.db))
+    outbox = Outbox(
+        runtime.db,
+        senders,
+        runtime.dialog.reply_options,
+        lock=delivery_lock(runtime.db),
+        lease=timedelta(seconds=runtime.settings.claim_lease_seconds),
+    )
     intake = intake or Intake(runtime)
     for service in services:
         service.bind(outbox, intake)
@@ -52,7 +59,6 @@ def make_scheduler(runtime: Runtime) -> Scheduler:
         policy=runtime.policy,
         nudges=s.nudge_config(),
         billing=s.billing_config(),
-        stuck_after=timedelta(minutes=s.stuck_sending_minutes),
         handoff_timeout=s.handoff_config().timeout,
         conversation_idle=timedelta(hours=s.resume_after_hours),
     )
@@ -119,12 +125,24 @@ def create_app(
 
     mount_console(app, runtime, console)
 
+    parts = [Part("web", state="running")]
+    if services:
+        parts.append(outbox.health)
+    if scheduler is not None:
+        parts.append(scheduler.health)
+    app.state.parts = parts
+
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        """200 when the database answers and its schema is current, else 503."""
+        """Which parts run (web, delivery loop, scheduler leader or follower), since when and
+        their last error, and the database: 200 when all are well, else 503."""
         db = database_status(runtime.db)
-        return JSONResponse(
-            {"status": "ok" if db["ok"] else "degraded", "database": db}, status_code=200 if db["ok"] else 503
-        )
+        ok = db["ok"] and all(part.ok for part in parts)
+        body = {
+            "status": "ok" if ok else "degraded",
+            "database": db,
+            "parts": {part.name: part.snapshot() for part in parts},
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

@@ -5,27 +5,41 @@ A message goes ``queued -> sending -> sent`` (a status callback may later make i
 with ``next_attempt_at`` set by the retry policy; after ``max_attempts``, or on an error that
 retrying cannot fix, it is ``failed`` with the reason in ``error``. Every attempt is counted.
 
-Marketing (proactive) messages go at most once: when it is unclear whether the provider took one
-(an unexpected error while sending, or a process that died in ``sending``, see
-:func:`recover_stuck`) it becomes ``unknown`` and is reported, never re-sent. Conversational
-replies in the same situation are retried. A marketing message whose customer opted out, was
-erased or withdrew consent while it waited is not sent (``failed``, reason in ``error``).
+Claims are leases: a claimed row carries ``claimed_by`` (the worker) and ``lease_expires_at``,
+which the worker renews while its send is in progress (:meth:`Outbox.heartbeat`). A row whose
+lease ran out (its worker died, or lost the database for longer than the lease) is taken over by
+any other delivery loop within seconds (:func:`release_expired`).
+
+At most once for every message a provider accepted: once the channel answered with an id, the
+outcome is kept in memory and written again (with backoff) until the database takes it; it never
+turns into a retry. A send cut off before the answer (a timeout, a reset connection, a dead worker)
+is reconciled before any resend: through the channel's look-up where it has one (Twilio: the
+messages to that number since the attempt started); where none exists (Telegram) a conversational
+reply is sent again only after the decision is recorded (an attempt with outcome ``resend``), and
+marketing never: it becomes ``unknown`` and is reported. A marketing message whose customer opted
+out, was erased or withdrew consent while it waited is not sent (``failed``, reason in ``error``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import time
+import uuid
 from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import ColumnElement, Connection, Engine, exists, func, insert, or_, select, true, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from dialogs.engine import ReplyOption
 from schedulers.audience import last_moment_refusals
+from schedulers.health import Part, describe
 from schedulers.leader import AlwaysLeader, LeaderLock
 from storage.models import DeliveryStatus, Direction, utcnow
 from storage.outreach_models import DELIVERY_ATTEMPT, OUTREACH_EVENT
@@ -84,6 +98,8 @@ class Outgoing:
     options: tuple[ReplyOption, ...]
     attempt: int
     marketing: bool = False
+    reconcile_since: datetime | None = None  # an earlier attempt was cut off: look it up first
+    provider_id: str | None = None  # already recorded for this message (a late answer was written)
 
 
 class Sender(Protocol):
@@ -96,6 +112,30 @@ class Sender(Protocol):
     async def send(self, message: Outgoing) -> str | None:
         """Send ``message``; the provider's id for it. Raises :class:`SendError`."""
         ...
+
+
+@runtime_checkable
+class Reconciler(Protocol):
+    """A sender that can look up what the provider accepted (Twilio can; Telegram cannot)."""
+
+    async def look_up(self, message: Outgoing, since: datetime) -> list[str]:
+        """The provider's ids of messages with ``message``'s text to its address accepted at
+        ``since`` or later, oldest first. Raises :class:`SendError` when the look-up fails."""
+        ...
+
+
+LEASE = timedelta(seconds=10)
+# A later reply to a chat waits behind an earlier one still queued or sending, but never longer.
+ORDER_HOLD = timedelta(seconds=60)
+# Looked up from this long before the cut-off attempt was claimed (clocks differ a little).
+LOOKUP_MARGIN = timedelta(seconds=30)
+# How long a stopping worker keeps trying to write outcomes the database does not take.
+FLUSH_ON_STOP = 30.0
+
+
+def worker_name() -> str:
+    """This worker's identity in ``claimed_by``: host, process id and a random part."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,17 +165,20 @@ _CLAIMED = (
     MESSAGE.c.intent,
     MESSAGE.c.question_key,
     MESSAGE.c.attempts,
+    MESSAGE.c.reconcile_since,
+    MESSAGE.c.provider_message_id,
 )
 
 
 class Outbox:
     """Sends queued messages through the senders of the configured channels.
 
-    Rows are claimed (``queued -> sending``) before they are handed to a channel. On PostgreSQL
-    any number of workers claim side by side (``FOR UPDATE SKIP LOCKED``); on SQLite writes are
-    serialised anyway and ``lock`` keeps the delivery loop to one process. A conversational
-    reply is claimed only when no earlier reply to the same chat or number is still waiting, so
-    a reply held back for a retry is not overtaken by the next one.
+    Rows are claimed (``queued -> sending``, a lease of ``lease`` held by ``worker_id``) before
+    they are handed to a channel. On PostgreSQL any number of workers claim side by side
+    (``FOR UPDATE SKIP LOCKED``); on SQLite writes are serialised anyway and ``lock`` keeps the
+    delivery loop to one process. A conversational reply is claimed only when no earlier reply to
+    the same chat or number is still waiting (for at most :data:`ORDER_HOLD`), so a reply held back
+    for a retry is not overtaken by the next one. ``health`` says how the loop is doing.
     """
 
     def __init__(
@@ -147,6 +190,8 @@ class Outbox:
         policy: RetryPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
         lock: LeaderLock | None = None,
+        lease: timedelta = LEASE,
+        worker_id: str | None = None,
     ) -> None:
         self.db = db
         self.senders = dict(senders)
@@ -154,12 +199,23 @@ class Outbox:
         self.policy = policy or RetryPolicy()
         self.clock = clock
         self.lock = lock or AlwaysLeader()
+        self.lease = lease
+        self.worker_id = worker_id or worker_name()
+        self.health = Part("delivery", logger=log, backoff_cap=max(0.5, lease.total_seconds() / 3))
         self._skip_locked = db.dialect.name == "postgresql"
+        self._flush_until: float | None = None  # set when stopping: give up writing after this
+        self._held: set[int] = set()  # rows with a send in progress (their leases are renewed)
+        self._beating: asyncio.Task[None] | None = None
 
     async def deliver(self, message_ids: Sequence[int]) -> None:
-        """Send these messages now, one after another in id order, if they are queued and due."""
+        """Send these messages now, one after another in id order, if they are queued and due
+        (if the database is unavailable, the loop sends them once it is back)."""
         for message_id in sorted(message_ids):
-            claimed = await asyncio.to_thread(self._claim, MESSAGE.c.id == message_id, 1)
+            try:
+                claimed = await asyncio.to_thread(self._claim, MESSAGE.c.id == message_id, 1)
+            except SQLAlchemyError as exc:
+                self.health.down(exc)
+                return
             for outgoing in claimed:
                 await self._send(outgoing)
 
@@ -176,44 +232,78 @@ class Outbox:
 
     async def run(self, *, interval: float = 1.0, stop: asyncio.Event | None = None) -> None:
         """Keep sending due messages until ``stop`` is set: claim whenever a channel has room,
-        look again after ``interval`` seconds when there was nothing to do. Sends in flight are
-        finished before it returns."""
+        look again after ``interval`` seconds when there was nothing to do; take over expired
+        leases once this loop has reached the database for a whole lease (so after an outage
+        every live worker renews its own first). Any error backs off and carries on. Sends in
+        flight are finished before it returns."""
         stop = stop or asyncio.Event()
         inflight: dict[str, set[asyncio.Task[None]]] = {channel: set() for channel in self.senders}
         stopping = asyncio.create_task(stop.wait())
+        lease = self.lease.total_seconds()
+        next_release = 0.0
         try:
             while not stop.is_set():
+                wait = interval
                 try:
                     leading = await asyncio.to_thread(self.lock.try_acquire)
-                except Exception:  # say the lock file cannot be opened: try again, say why
-                    log.exception("cannot take the delivery lock; trying again in %.0f s", interval)
-                    leading = False
-                if leading:
-                    await self._top_up(inflight)
+                    reached = not leading  # a standby needs no database
+                    if leading:
+                        if time.monotonic() >= next_release and self.health.healthy_for() >= lease:
+                            keep = frozenset(self._held)  # ours, in progress: late, not dead
+                            await asyncio.to_thread(release_expired, self.db, now=self.clock(), keep=keep)
+                            next_release = time.monotonic() + min(interval, lease / 2)
+                            reached = True
+                        reached = await self._top_up(inflight) or reached
+                    if reached:  # only a round that reached the database says it is back
+                        self.health.up("running" if leading else "standby")
+                except Exception as exc:  # the database, the lock file: back off, carry on
+                    wait = self.health.down(exc)
                 running = set().union(*inflight.values())
-                await asyncio.wait({stopping, *running}, timeout=interval, return_when=FIRST_COMPLETED)
+                await asyncio.wait({stopping, *running}, timeout=wait, return_when=FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            self._flush_until = time.monotonic() + FLUSH_ON_STOP
             running = set().union(*inflight.values())
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
-            await asyncio.to_thread(self.lock.release)
+            self.health.set("stopped")
+            try:
+                await asyncio.to_thread(self.lock.release)
+            except Exception as exc:
+                log.warning("releasing the delivery lock failed: %s", describe(exc))
 
-    async def _top_up(self, inflight: dict[str, set[asyncio.Task[None]]]) -> None:
+    def heartbeat(self) -> int:
+        """Renew the leases of the rows this worker is sending now; how many."""
+        held = list(self._held)
+        if not held:
+            return 0
+        with self.db.begin() as conn:
+            renewed = conn.execute(
+                update(MESSAGE)
+                .where(
+                    MESSAGE.c.id.in_(held),
+                    MESSAGE.c.claimed_by == self.worker_id,
+                    MESSAGE.c.status == DeliveryStatus.SENDING,
+                )
+                .values(lease_expires_at=self.clock() + self.lease)
+            )
+        return int(renewed.rowcount or 0)
+
+    async def _top_up(self, inflight: dict[str, set[asyncio.Task[None]]]) -> bool:
+        """Claim for every channel with room; whether it asked the database at all."""
+        asked = False
         for channel, tasks in inflight.items():
             room = self._room(channel) - len(tasks)
             if room <= 0:
                 continue
-            try:
-                batch = await asyncio.to_thread(self._claim_due, channel, room)
-            except Exception:  # a bad moment for the database must not end the loop
-                log.exception("claiming due %s messages failed; trying again shortly", channel)
-                continue
+            batch = await asyncio.to_thread(self._claim_due, channel, room)
+            asked = True
             for outgoing in batch:
                 task = asyncio.create_task(self._send(outgoing), name=f"send-{outgoing.message_id}")
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(_log_failure)
+        return asked
 
     def _room(self, channel: str) -> int:
         sender = self.senders.get(channel)
@@ -222,40 +312,137 @@ class Outbox:
     # -- one message ------------------------------------------------------------------------
 
     async def _send(self, outgoing: Outgoing) -> None:
+        """Send one claimed message and record how it went; its lease is renewed meanwhile."""
+        self._held.add(outgoing.message_id)
+        if self._beating is None or self._beating.done():
+            self._beating = asyncio.create_task(self._beat(), name="lease-heartbeat")
+        try:
+            await self._send_claimed(outgoing)
+        finally:
+            self._held.discard(outgoing.message_id)
+
+    async def _beat(self) -> None:
+        """Renew this worker's leases every third of a lease while any send is in progress (a
+        slow provider, an outcome waiting for the database): only a dead worker's expire."""
+        while self._held:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            if not self._held:
+                return
+            try:
+                await asyncio.to_thread(self.heartbeat)
+            except SQLAlchemyError as exc:
+                self.health.down(exc)
+
+    async def _send_claimed(self, outgoing: Outgoing) -> None:
         sender = self.senders.get(outgoing.channel)
         if sender is None:
-            await asyncio.to_thread(
-                self._finish,
-                outgoing,
-                SendError(f"channel {outgoing.channel!r} is not configured", retryable=False),
-            )
+            reason = f"channel {outgoing.channel!r} is not configured"
+            await self._write(self._finish, outgoing, SendError(reason, retryable=False))
             return
+        if outgoing.reconcile_since is not None and await self._reconcile(sender, outgoing):
+            return
+        outcome: str | SendError | None
         try:
-            provider_id = await sender.send(outgoing)
+            outcome = await sender.send(outgoing)
         except SendError as exc:
             log.warning(
                 "sending message %d on %s failed: %s", outgoing.message_id, outgoing.channel, exc.reason
             )
-            if outgoing.marketing and exc.ambiguous:
-                await asyncio.to_thread(self._unknown, outgoing, exc.reason)
-            else:
-                await asyncio.to_thread(self._finish, outgoing, exc)
-        except Exception as exc:  # a bug or an unexpected provider answer: keep it, say so
+            outcome = exc
+        except SQLAlchemyError as exc:  # senders use the database only before handing a message over
+            outcome = SendError(f"database unavailable before sending ({describe(exc)})", retryable=True)
+        except Exception as exc:  # a bug or an unexpected provider answer: it may have gone
             log.exception("sending message %d on %s raised", outgoing.message_id, outgoing.channel)
-            reason = f"{type(exc).__name__}: {exc}"
-            if outgoing.marketing:  # it may have gone: at most once means not trying again
-                await asyncio.to_thread(self._unknown, outgoing, reason)
-            else:
-                await asyncio.to_thread(self._finish, outgoing, SendError(reason, retryable=True))
-        else:
-            await asyncio.to_thread(self._finish, outgoing, provider_id)
+            outcome = SendError(f"{type(exc).__name__}: {exc}", retryable=True, ambiguous=True)
+        await self._write(self._finish, outgoing, outcome)
+
+    async def _reconcile(self, sender: Sender, outgoing: Outgoing) -> bool:
+        """An earlier attempt was cut off before the provider answered: find out whether it went.
+        True when settled here (found, or marketing that may not be re-sent); False: send it."""
+        since, channel = outgoing.reconcile_since, outgoing.channel
+        assert since is not None
+        if outgoing.provider_id is not None:  # the provider's answer was written after all
+            note = f"already accepted by {channel} as {outgoing.provider_id}; not sent again"
+            await self._write(self._finish, outgoing, outgoing.provider_id, note)
+            return True
+        if isinstance(sender, Reconciler):
+            try:
+                candidates = await sender.look_up(outgoing, since - LOOKUP_MARGIN)
+            except SendError as exc:
+                failed = SendError(
+                    f"look-up before a resend failed: {exc.reason}",
+                    retryable=True,
+                    retry_after=exc.retry_after,
+                    ambiguous=True,
+                )
+                await self._write(self._finish, outgoing, failed)
+                return True
+            found = await self._read(self._unrecorded, candidates, outgoing.message_id)
+            if found is not None:
+                note = f"found at {channel} by look-up: accepted before the cut-off; not sent again"
+                log.info("message %d was already accepted as %s: not sent again", outgoing.message_id, found)
+                await self._write(self._finish, outgoing, found, note)
+                return True
+            return False
+        if outgoing.marketing:
+            reason = (
+                f"cut off before {channel} answered; {channel} has no look-up: not re-sent (at most once)"
+            )
+            await self._write(self._unknown, outgoing, reason)
+            return True
+        reason = (
+            f"an earlier attempt was cut off before {channel} answered and {channel} has no look-up: "
+            "a conversational reply is sent again"
+        )
+        await self._write(self._decide, outgoing, "resend", reason)
+        return False
+
+    async def _write(self, write: Callable[..., object], *args: Any) -> None:
+        """Run the database write ``write(*args)`` until it goes through: an outcome is kept in
+        memory and written again with backoff, never dropped nor turned into a retry (a stopping
+        worker gives up after :data:`FLUSH_ON_STOP` seconds and logs what it could not write)."""
+        while True:
+            try:
+                await asyncio.to_thread(write, *args)
+                return
+            except IntegrityError as exc:  # no use trying again: leave it to the lease's expiry
+                log.error("could not record %s%r: %s", write.__name__, args, describe(exc))
+                return
+            except SQLAlchemyError as exc:
+                wait = self.health.down(exc)
+                if self._flush_until is not None and time.monotonic() > self._flush_until:
+                    log.error("gave up writing %s%r: the database is still unavailable", write.__name__, args)
+                    return
+                await asyncio.sleep(wait)
+
+    async def _read(self, read: Callable[..., Any], *args: Any) -> Any:
+        """``read(*args)`` in a thread, tried again with backoff while the database is away."""
+        while True:
+            try:
+                return await asyncio.to_thread(read, *args)
+            except SQLAlchemyError as exc:
+                await asyncio.sleep(self.health.down(exc))
+
+    def _unrecorded(self, candidates: Sequence[str], message_id: int) -> str | None:
+        """The first of the provider's ids that no other message of ours is recorded with."""
+        if not candidates:
+            return None
+        with self.db.connect() as conn:
+            taken = set(
+                conn.execute(
+                    select(MESSAGE.c.provider_message_id).where(
+                        MESSAGE.c.provider_message_id.in_(list(candidates)), MESSAGE.c.id != message_id
+                    )
+                ).scalars()
+            )
+        return next((c for c in candidates if c not in taken), None)
 
     def _claim_due(self, channel: str, limit: int) -> list[Outgoing]:
         return self._claim(MESSAGE.c.channel == channel, limit)
 
     def _claim(self, which: ColumnElement[bool], limit: int) -> list[Outgoing]:
-        """Mark up to ``limit`` due rows matching ``which`` as sending (oldest first); refuse the
-        marketing ones whose customer may no longer be contacted."""
+        """Mark up to ``limit`` due rows matching ``which`` as sending (oldest first) under this
+        worker's lease; refuse the marketing ones whose customer may no longer be contacted."""
         now = self.clock()
         earlier = MESSAGE.alias("earlier")
         waiting_before = exists().where(
@@ -274,7 +461,7 @@ class Outbox:
                 MESSAGE.c.direction == Direction.OUT,
                 MESSAGE.c.status == DeliveryStatus.QUEUED,
                 or_(MESSAGE.c.next_attempt_at.is_(None), MESSAGE.c.next_attempt_at <= now),
-                or_(MESSAGE.c.marketing.is_(True), ~waiting_before),
+                or_(MESSAGE.c.marketing.is_(True), ~waiting_before, MESSAGE.c.created_at <= now - ORDER_HOLD),
             )
             .order_by(MESSAGE.c.id)
             .limit(limit)
@@ -286,7 +473,13 @@ class Outbox:
             rows = conn.execute(
                 update(MESSAGE)
                 .where(MESSAGE.c.id.in_(select(picked.c.id)))
-                .values(status=DeliveryStatus.SENDING, attempts=MESSAGE.c.attempts + 1, claimed_at=now)
+                .values(
+                    status=DeliveryStatus.SENDING,
+                    attempts=MESSAGE.c.attempts + 1,
+                    claimed_at=now,
+                    claimed_by=self.worker_id,
+                    lease_expires_at=now + self.lease,
+                )
                 .returning(*_CLAIMED)
             ).all()
             marketing = {r.customer_id for r in rows if r.marketing}
@@ -302,7 +495,9 @@ class Outbox:
                         update(MESSAGE)
                         .where(MESSAGE.c.id == row.id)
                         .values(
-                            status=DeliveryStatus.FAILED, error=f"contact policy: {refusals[row.customer_id]}"
+                            status=DeliveryStatus.FAILED,
+                            error=f"contact policy: {refusals[row.customer_id]}",
+                            lease_expires_at=None,
                         )
                     )
         return [
@@ -314,6 +509,8 @@ class Outbox:
                 self.options_for(r.intent or "", r.question_key),
                 r.attempts,
                 bool(r.marketing),
+                r.reconcile_since,
+                r.provider_message_id,
             )
             for r in sorted(rows, key=lambda r: r.id)
             if r.id not in refused
@@ -323,23 +520,60 @@ class Outbox:
         with self.db.begin() as conn:
             _mark_unknown(conn, [outgoing.message_id], reason[:500], self.clock(), attempt=outgoing.attempt)
 
-    def _finish(self, outgoing: Outgoing, outcome: str | SendError | None) -> None:
+    def _decide(self, outgoing: Outgoing, outcome: str, reason: str) -> None:
+        """Record a decision about this attempt before acting on it (e.g. ``resend``)."""
+        with self.db.begin() as conn:
+            conn.execute(
+                insert(DELIVERY_ATTEMPT).values(
+                    message_id=outgoing.message_id,
+                    attempt=outgoing.attempt,
+                    outcome=outcome,
+                    error=reason[:500],
+                    provider_message_id=None,
+                    claimed_at=outgoing.reconcile_since,
+                    at=self.clock(),
+                )
+            )
+
+    def _finish(self, outgoing: Outgoing, outcome: str | SendError | None, note: str | None = None) -> None:
+        """Record how this attempt ended (``note``: why, for an accepted send found again)."""
         now = self.clock()
         provider_id = None
+        lookup = isinstance(self.senders.get(outgoing.channel), Reconciler)
         if isinstance(outcome, SendError):
+            if outcome.ambiguous and outgoing.marketing and not lookup:
+                self._unknown(outgoing, outcome.reason)  # it may have gone: at most once
+                return
             last = not outcome.retryable or outgoing.attempt >= self.policy.max_attempts
-            values: dict[str, object] = {"error": outcome.reason[:500]}
+            error = outcome.reason
+            values: dict[str, object] = {"lease_expires_at": None}
             if last:
                 values["status"] = DeliveryStatus.FAILED
             else:
                 wait = self.policy.delay(outgoing.attempt, outcome.retry_after)
                 values.update(status=DeliveryStatus.QUEUED, next_attempt_at=now + timedelta(seconds=wait))
-            result, error = ("failed" if last else "retry"), outcome.reason[:500]
+            if outcome.ambiguous and not last:
+                if lookup:  # looked up before it is sent again
+                    values["reconcile_since"] = func.coalesce(MESSAGE.c.reconcile_since, MESSAGE.c.claimed_at)
+                    error += f"; looked up at {outgoing.channel} before any resend"
+                else:
+                    error += f"; {outgoing.channel} has no look-up: the reply is sent again (never marketing)"
+            elif not outcome.ambiguous:
+                values["reconcile_since"] = None  # nothing went: the look-up (if any) is done
+            values["error"] = error[:500]
+            result = "failed" if last else "retry"
         else:
-            values = {"status": DeliveryStatus.SENT, "sent_at": now, "error": None, "next_attempt_at": None}
+            values = {
+                "status": DeliveryStatus.SENT,
+                "sent_at": now,
+                "error": None,
+                "next_attempt_at": None,
+                "reconcile_since": None,
+                "lease_expires_at": None,
+            }
             if outcome is not None:
                 values["provider_message_id"] = provider_id = outcome
-            result, error = "sent", None
+            result, error = "sent", note or ""
         with self.db.begin() as conn:
             claimed = conn.execute(
                 update(MESSAGE)
@@ -347,6 +581,7 @@ class Outbox:
                     MESSAGE.c.id == outgoing.message_id,
                     MESSAGE.c.status == DeliveryStatus.SENDING,
                     MESSAGE.c.attempts == outgoing.attempt,  # this claim, not a later one
+                    MESSAGE.c.claimed_by == self.worker_id,
                 )
                 .values(**values)
                 .returning(MESSAGE.c.claimed_at)
@@ -374,17 +609,31 @@ class Outbox:
                 ).first()
             if isinstance(outcome, SendError) and outcome.opted_out:
                 _mark_opted_out(conn, outgoing.message_id, now)
-            if claimed is not None:  # else recovery settled it (and recorded the attempt) meanwhile
+            if claimed is not None:  # else its lease was taken over (and the attempt recorded)
                 conn.execute(
                     insert(DELIVERY_ATTEMPT).values(
                         message_id=outgoing.message_id,
                         attempt=outgoing.attempt,
                         outcome=result,
-                        error=error,
+                        error=error[:500] or None,
                         provider_message_id=provider_id,
                         claimed_at=claimed.claimed_at,
                         at=now,
                     )
+                )
+            elif provider_id is not None:
+                # Accepted after another worker took the lease over: leave the id where that
+                # worker's reconciliation finds it (never send it again).
+                conn.execute(
+                    update(MESSAGE)
+                    .where(MESSAGE.c.id == outgoing.message_id, MESSAGE.c.provider_message_id.is_(None))
+                    .values(provider_message_id=provider_id)
+                )
+                log.warning(
+                    "message %d was accepted as %s after its lease was taken over; recorded for the "
+                    "worker that has it now",
+                    outgoing.message_id,
+                    provider_id,
                 )
 
 
@@ -497,7 +746,7 @@ def _refuse_opted_out(conn: Connection, rows: Sequence[Any], now: datetime) -> N
 
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
-        # Recording the outcome failed (the database): the row stays "sending" until recovery.
+        # A bug: the row stays "sending" under this worker's lease until the worker stops.
         log.error("delivering %s failed: %s", task.get_name(), exc, exc_info=exc)
 
 
@@ -514,7 +763,7 @@ def _mark_unknown(
     rows = conn.execute(
         update(MESSAGE)
         .where(MESSAGE.c.id.in_(list(message_ids)), MESSAGE.c.status == DeliveryStatus.SENDING, this_claim)
-        .values(status=DeliveryStatus.UNKNOWN, error=reason, next_attempt_at=None)
+        .values(status=DeliveryStatus.UNKNOWN, error=reason, next_attempt_at=None, lease_expires_at=None)
         .returning(MESSAGE.c.id, MESSAGE.c.customer_id, MESSAGE.c.attempts, MESSAGE.c.claimed_at)
     ).all()
     _record_attempts(conn, rows, "unknown", reason, now)
@@ -555,46 +804,40 @@ def _record_attempts(conn: Connection, rows: Sequence[Any], outcome: str, error:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Recovery:
-    """What :func:`recover_stuck` found: marketing now ``unknown`` (for review), replies requeued."""
-
-    unknown: tuple[int, ...]
-    requeued: tuple[int, ...]
+LEASE_EXPIRED = (
+    "lease expired: its worker stopped renewing the claim (it died or lost the database); "
+    "looked up before any resend"
+)
 
 
-STUCK_REASON = "stuck in sending: the process died mid-send; not re-sent (at most once)"
-
-
-def recover_stuck(db: Engine, *, older_than: timedelta, now: datetime | None = None) -> Recovery:
-    """Settle messages left in ``sending`` for longer than ``older_than`` by a process that died.
-
-    Run it at start-up and now and then; ``older_than`` must exceed the longest send a live worker
-    may still be in (the provider's timeout), so a slow send is not mistaken for a dead one.
-    """
+def release_expired(
+    db: Engine, *, now: datetime | None = None, keep: frozenset[int] = frozenset()
+) -> tuple[int, ...]:
+    """Take back the rows whose lease ran out (their worker died or lost the database): they are
+    queued again, marked to be reconciled before any resend (see :meth:`Outbox._reconcile`), and
+    the cut-off attempt is recorded. The ids, oldest first. Rows claimed before leases existed
+    (no ``lease_expires_at``) count as expired; ``keep``: rows the caller itself is still sending
+    (its own renewal may merely be late)."""
     now = now or utcnow()
     with db.begin() as conn:
         rows = conn.execute(
-            select(MESSAGE.c.id, MESSAGE.c.marketing)
+            update(MESSAGE)
             .where(
                 MESSAGE.c.status == DeliveryStatus.SENDING,
                 MESSAGE.c.direction == Direction.OUT,
-                or_(MESSAGE.c.claimed_at.is_(None), MESSAGE.c.claimed_at <= now - older_than),
+                or_(MESSAGE.c.lease_expires_at.is_(None), MESSAGE.c.lease_expires_at < now),
+                MESSAGE.c.id.not_in(list(keep)) if keep else true(),
             )
-            .order_by(MESSAGE.c.id)
-            .with_for_update()
+            .values(
+                status=DeliveryStatus.QUEUED,
+                next_attempt_at=None,
+                reconcile_since=func.coalesce(MESSAGE.c.reconcile_since, MESSAGE.c.claimed_at, now),
+                claimed_by=None,
+                lease_expires_at=None,
+            )
+            .returning(MESSAGE.c.id, MESSAGE.c.attempts, MESSAGE.c.claimed_at)
         ).all()
-        unknown = [m for m, marketing in rows if marketing]
-        requeued = [m for m, marketing in rows if not marketing]
-        if unknown:
-            _mark_unknown(conn, unknown, STUCK_REASON, now)
-            log.warning("%d marketing message(s) left in sending are now unknown: %s", len(unknown), unknown)
-        if requeued:
-            cut_off = conn.execute(
-                update(MESSAGE)
-                .where(MESSAGE.c.id.in_(requeued), MESSAGE.c.status == DeliveryStatus.SENDING)
-                .values(status=DeliveryStatus.QUEUED, next_attempt_at=None)
-                .returning(MESSAGE.c.id, MESSAGE.c.attempts, MESSAGE.c.claimed_at)
-            ).all()
-            _record_attempts(conn, cut_off, "retry", "stuck in sending: the process died mid-send", now)
-    return Recovery(tuple(unknown), tuple(requeued))
+        _record_attempts(conn, rows, "retry", LEASE_EXPIRED, now)
+    if rows:
+        log.warning("took over %d message(s) whose worker's lease expired", len(rows))
+    return tuple(sorted(r.id for r in rows))

@@ -4,16 +4,16 @@ Jobs are module-level functions without arguments, so the job store keeps only a
 (``schedulers.jobs:daily_scan``); they take their inputs from the :class:`JobContext` the running
 process bound with :func:`bind` and call plain cores that take explicit inputs
 (:func:`schedulers.proactive.scan`, :func:`schedulers.nudges.nudge`,
-:func:`schedulers.broadcasts.prepare_due`, :func:`schedulers.billing.deliver_switches`,
-:func:`schedulers.delivery.recover_stuck`).
+:func:`schedulers.broadcasts.prepare_due`, :func:`schedulers.billing.deliver_switches`). A job
+that finds the database unavailable logs one line and waits for its next run.
 
 Missed runs (no leader at the time, a restart): every job has ``coalesce=True`` (however many runs
 were missed, it runs once) and a ``misfire_grace_time`` (how late it may still run; later than
 that the run is skipped and the next regular one is waited for): the daily scan 6 hours, nudges
 30 minutes, waiting broadcasts 5 minutes (a broadcast whose run was skipped is prepared by the
-next one: it waits until then), billing 1 minute, the stuck-message recovery 5 minutes, the
-handoff timeouts (every minute) 1 minute. ``max_instances=1``. Jobs are safe to overlap
-anyway: each customer is decided under their dialog lock.
+next one: it waits until then), billing 1 minute, pruning idle rate buckets 5 minutes, the
+handoff timeouts (every minute) 1 minute. ``max_instances=1``. Jobs are safe to overlap anyway:
+each customer is decided under their dialog lock.
 
 ``BackgroundScheduler``, not ``AsyncIOScheduler``: the job store and the jobs are synchronous
 database work (a scan may take a while, SQLite may wait on its write lock) that must not block the
@@ -23,12 +23,14 @@ web app's event loop; its own thread and a small thread pool keep them off it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -37,18 +39,20 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from dialogs.advisor import Advisor
 from dialogs.bank import QuestionBank
 from schedulers.billing import BillingConfig, BillingReport, deliver_switches
 from schedulers.broadcasts import SendReport, prepare_due, settle
-from schedulers.delivery import Recovery, recover_stuck
 from schedulers.handoff import close_idle_conversations, notify_timeouts
+from schedulers.health import Part, describe
 from schedulers.leader import LeaderLock, leader_lock
 from schedulers.nudges import NudgeConfig, NudgeReport, nudge
 from schedulers.policy import PolicyConfig
 from schedulers.proactive import ScanReport, scan
 from schedulers.ratelimit import SharedLimiter
+from storage.db import ping
 from storage.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -76,7 +80,6 @@ class JobContext:
     policy: PolicyConfig
     nudges: NudgeConfig
     billing: BillingConfig | None
-    stuck_after: timedelta
     clock: Callable[[], datetime] = utcnow
     handoff_timeout: timedelta = timedelta(minutes=15)
     conversation_idle: timedelta = timedelta(hours=24)  # RESUME_AFTER_HOURS
@@ -110,6 +113,27 @@ def _bound() -> JobContext:
     return _context
 
 
+_T = TypeVar("_T")
+
+
+def _quiet_outage(job: Callable[[], _T]) -> Callable[[], _T | None]:
+    """A job that logs one line, not a traceback, when the database is unavailable (the next
+    regular run tries again); other errors still reach APScheduler's log with their traceback."""
+
+    @functools.wraps(job)
+    def run() -> _T | None:
+        try:
+            return job()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+                raise
+            log.warning("job %s skipped: database unavailable (%s)", job.__name__, describe(exc))
+            return None
+
+    return run
+
+
+@_quiet_outage
 def daily_scan() -> ScanReport:
     """Job: the daily proactive-suggestion scan (deferred messages go out via the outbox loop)."""
     ctx = _bound()
@@ -124,6 +148,7 @@ def daily_scan() -> ScanReport:
     return report
 
 
+@_quiet_outage
 def send_nudges() -> NudgeReport:
     """Job: nudge customers who left the profile half done."""
     ctx = _bound()
@@ -132,6 +157,7 @@ def send_nudges() -> NudgeReport:
     return report
 
 
+@_quiet_outage
 def deliver_billing() -> BillingReport | None:
     """Job: POST due switch requests to billing (nothing when no webhook is configured)."""
     ctx = _bound()
@@ -140,6 +166,7 @@ def deliver_billing() -> BillingReport | None:
     return deliver_switches(ctx.db, ctx.billing, now=ctx.clock())
 
 
+@_quiet_outage
 def prepare_broadcasts() -> dict[int, SendReport]:
     """Job: prepare the broadcasts scheduled for now (``rapport broadcast send --at``), and record
     how far their messages have moved the prepared ones (sending, done)."""
@@ -158,13 +185,14 @@ def prepare_broadcasts() -> dict[int, SendReport]:
     return reports
 
 
-def recover() -> Recovery:
-    """Job: settle messages a dead process left in ``sending``; forget idle rate buckets."""
-    ctx = _bound()
-    SharedLimiter(ctx.db).prune()
-    return recover_stuck(ctx.db, older_than=ctx.stuck_after, now=ctx.clock())
+@_quiet_outage
+def recover() -> int:
+    """Job: forget idle rate buckets; how many went. (Claims of a dead worker are taken over
+    by the delivery loops themselves: see :func:`schedulers.delivery.release_expired`.)"""
+    return SharedLimiter(_bound().db).prune()
 
 
+@_quiet_outage
 def handoff_timeouts() -> list[int]:
     """Job: tell customers nobody answered within ``HANDOFF_TIMEOUT_MINUTES`` (once each); close
     idle conversations with the bot."""
@@ -191,7 +219,7 @@ def job_specs(schedule: ScheduleConfig, context: JobContext) -> dict[str, tuple[
             CronTrigger(hour=schedule.scan_at.hour, minute=schedule.scan_at.minute, timezone=UTC),
         ),
         NUDGE_JOB: (_ref(send_nudges), IntervalTrigger(seconds=schedule.nudge_every.total_seconds())),
-        RECOVER_JOB: (_ref(recover), IntervalTrigger(seconds=context.stuck_after.total_seconds())),
+        RECOVER_JOB: (_ref(recover), IntervalTrigger(minutes=5)),
         BROADCAST_JOB: (
             _ref(prepare_broadcasts),
             IntervalTrigger(seconds=schedule.broadcasts_every.total_seconds()),
@@ -239,8 +267,11 @@ class Scheduler:
     """Runs the jobs in this process while it is the leader; the others wait to take over.
 
     A thread tries the :class:`~schedulers.leader.LeaderLock` every ``leader_retry`` seconds.
-    On winning it runs :func:`recover_stuck` once and starts APScheduler; when the lock is lost
-    (its connection died) it stops APScheduler and tries again like the others.
+    On winning it starts APScheduler; when the lock is lost (its connection died) it stops
+    APScheduler and tries again like the others. Any error in a round (the database is down, the
+    lock file cannot be opened) makes it give leadership up, log one line per outage, back off
+    (capped exponential) and try again: the thread never dies, and once the database is back one
+    process leads again. ``health`` says ``leader``, ``follower`` or ``down``, and since when.
     """
 
     def __init__(
@@ -259,6 +290,9 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.became_leader = threading.Event()
+        self.health = Part(
+            "scheduler", logger=log, backoff_cap=max(self.schedule.leader_retry, 1.0), state="stopped"
+        )
 
     @property
     def is_leader(self) -> bool:
@@ -268,6 +302,7 @@ class Scheduler:
         """Bind the context and start competing for leadership (returns at once)."""
         bind(self.context)
         self._stop.clear()
+        self.health.set("starting")
         self._thread = threading.Thread(target=self._run, name="rapport-scheduler", daemon=True)
         self._thread.start()
 
@@ -277,36 +312,53 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self.health.set("stopped")
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if self.apscheduler is None:
-                    if self.lock.try_acquire():
-                        self._lead()
-                elif not self.lock.held():
-                    log.warning("lost the scheduler lock: stopping the jobs here")
+                try:
+                    self._round()
+                    wait = self.schedule.leader_retry
+                except Exception as exc:  # the database (or anything else): never end the thread
                     self._step_down()
-                self._stop.wait(self.schedule.leader_retry)
+                    with contextlib.suppress(Exception):
+                        self.lock.release()
+                    wait = self.health.down(exc)
+                self._stop.wait(wait)
         finally:
             self._step_down()
-            self.lock.release()
+            with contextlib.suppress(Exception):
+                self.lock.release()
+
+    def _round(self) -> None:
+        """One look at the lock: take the lead, keep it, or lose it."""
+        if self.apscheduler is None:
+            if self.lock.try_acquire():
+                self._lead()
+        elif not self.lock.held():
+            log.warning("lost the scheduler lock: stopping the jobs here")
+            self._step_down()
+            if not self.lock.try_acquire():  # raises while the database is down
+                self.health.up("follower")
+                return
+            self._lead()
+        if self.is_leader:  # the lock may outlive the database (a lock file): check it too
+            ping(self.context.db)
+        self.health.up("leader" if self.is_leader else "follower")
 
     def _lead(self) -> None:
-        log.info("this process now runs the scheduler")
+        aps = make_apscheduler(self.context.db, table=self.table)
         try:
-            recovered = recover()
-            if recovered.unknown or recovered.requeued:
-                n_replies, n_unknown = len(recovered.requeued), len(recovered.unknown)
-                log.warning("recovered %d stuck replies; %d marketing now unknown", n_replies, n_unknown)
-            aps = make_apscheduler(self.context.db, table=self.table)
             aps.start(paused=True)  # the job store is open: stored jobs can be looked at
             ensure_jobs(aps, job_specs(self.schedule, self.context))
             aps.resume()
-        except Exception:
-            log.exception("could not start the scheduler; trying again")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                aps.shutdown(wait=False)
             self.lock.release()
-            return
+            raise
+        log.info("this process now runs the scheduler")
         self.apscheduler = aps
         self.became_leader.set()
 
@@ -314,7 +366,8 @@ class Scheduler:
         aps, self.apscheduler = self.apscheduler, None
         self.became_leader.clear()
         if aps is not None:
-            aps.shutdown(wait=True)
+            with contextlib.suppress(Exception):
+                aps.shutdown(wait=True)
 
 
 async def run_scheduler(scheduler: Scheduler, stop: asyncio.Event) -> None:

@@ -30,7 +30,8 @@ class LeaderLock(Protocol):
     """A lock only one process holds at a time."""
 
     def try_acquire(self) -> bool:
-        """Take the lock if it is free (never waits); True when this process holds it now."""
+        """Take the lock if it is free (never waits); True when this process holds it now.
+        May raise when the database (or the lock file) cannot be reached: callers back off."""
         ...
 
     def held(self) -> bool:
@@ -51,16 +52,19 @@ class PostgresLeaderLock:
         self._conn: Connection | None = None
 
     def try_acquire(self) -> bool:
+        """Take the lock if free. Raises :class:`~sqlalchemy.exc.SQLAlchemyError` when the
+        database cannot be reached (the caller backs off and tries again)."""
         if self.held():
             return True
         self.release()
-        conn = self.db.connect().execution_options(isolation_level="AUTOCOMMIT")
+        conn: Connection | None = None
         try:
+            conn = self.db.connect().execution_options(isolation_level="AUTOCOMMIT")
             got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar())
         except SQLAlchemyError:
-            log.warning("could not ask for the scheduler lock", exc_info=True)
-            _discard(conn)
-            return False
+            if conn is not None:
+                _discard(conn)
+            raise
         if not got:
             _discard(conn)
             return False
@@ -72,8 +76,8 @@ class PostgresLeaderLock:
             return False
         try:
             self._conn.execute(text("SELECT 1"))
-        except SQLAlchemyError:
-            log.warning("lost the scheduler lock's connection")
+        except SQLAlchemyError as exc:
+            log.warning("lost the lock's connection (%s): giving leadership up", type(exc).__name__)
             self.release()
             return False
         return True

@@ -151,6 +151,12 @@ def transaction(engine: Engine) -> Iterator[Session]:
         yield session
 
 
+def ping(engine: Engine) -> None:
+    """Ask the database something trivial; raises (SQLAlchemy's errors) when it cannot answer."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
 def database_status(engine: Engine) -> dict[str, Any]:
     """What ``/healthz`` reports: backend, reachability and schema revision."""
     status: dict[str, Any] = {"backend": engine.dialect.name, "ok": False}

@@ -134,6 +134,11 @@ class Message(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     marketing: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
     claimed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    # The claim is a lease: the worker renews it while alive; an expired one is taken over.
+    claimed_by: str | None = Field(default=None, max_length=64)
+    lease_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    # A send cut off before the provider answered, at this time or later: look it up before a resend.
+    reconcile_since: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
 class Preference(SQLModel, table=True):

@@ -211,7 +211,7 @@ def _outbound(
             "customer_id": cid,
             "channel": "sms",
             "direction": "out",
-            "address": "+14155550181",
+            "address": extra.pop("address", "+14155550181"),
             "text": "offer" if marketing else "reply",
             "intent": "suggestion" if marketing else "ask",
             "needs_review": False,
@@ -225,32 +225,97 @@ def _outbound(
         return int(conn.execute(insert(MESSAGE).values(**values).returning(MESSAGE.c.id)).scalar_one())
 
 
-def test_recover_stuck_marks_marketing_unknown_and_requeues_replies(db: Engine) -> None:
-    from schedulers.delivery import recover_stuck
+def test_expired_leases_are_taken_over_and_without_a_look_up_only_replies_go_again(db: Engine) -> None:
+    from schedulers.delivery import release_expired
     from storage.outreach_models import OUTREACH_EVENT
 
-    old = START - timedelta(minutes=10)
-    marketing = _outbound(db, marketing=True, status="sending", claimed_at=old)
-    reply = _outbound(db, marketing=False, status="sending", claimed_at=old)
-    fresh = _outbound(db, marketing=True, status="sending", claimed_at=START - timedelta(seconds=5))
+    old, gone = START - timedelta(minutes=10), START - timedelta(seconds=1)
+    marketing = _outbound(db, marketing=True, status="sending", claimed_at=old, lease_expires_at=gone)
+    reply = _outbound(db, marketing=False, status="sending", claimed_at=old, lease_expires_at=gone)
+    live = _outbound(
+        db, marketing=True, status="sending", claimed_at=old, lease_expires_at=START + timedelta(seconds=5)
+    )
     done = _outbound(db, marketing=True, status="sent", claimed_at=old)
-    recovery = recover_stuck(db, older_than=timedelta(minutes=1), now=START)
-    assert (recovery.unknown, recovery.requeued) == ((marketing,), (reply,))
+    assert release_expired(db, now=START) == (marketing, reply)
+    assert [_row(db, m)["status"] for m in (marketing, reply, live, done)] == [
+        "queued",
+        "queued",
+        "sending",
+        "sent",
+    ]
+    assert _row(db, reply)["reconcile_since"] == old  # looked up from when the cut-off attempt began
+
+    sender = RecordingSender()  # no look-up, like Telegram
+    outbox = Outbox(db, {"sms": sender}, lambda *_: (), clock=Clock())
+    assert asyncio.run(outbox.deliver_due()) == 2
+    assert [m.message_id for m in sender.sent] == [reply]  # the reply goes again; the offer never does
     assert _row(db, marketing)["status"] == "unknown"
-    assert _row(db, reply)["status"] == "queued"
-    assert (_row(db, fresh)["status"], _row(db, done)["status"]) == ("sending", "sent")
     with db.connect() as conn:
         assert conn.execute(select(OUTREACH_EVENT.c.kind, OUTREACH_EVENT.c.message_id)).all() == [
             ("unknown", marketing)
         ]
+    assert [a[:2] for a in attempts(db, marketing)] == [(1, "retry"), (2, "unknown")]
+    # The resend is a recorded decision, made before the reply went again.
+    assert [a[:2] for a in attempts(db, reply)] == [(1, "retry"), (2, "resend"), (2, "sent")]
+    assert "no look-up" in str(attempts(db, reply)[1][2])
+    assert _row(db, reply)["reconcile_since"] is None
+    assert release_expired(db, now=START) == ()
 
+
+class LookingUp(RecordingSender):
+    """A sender whose provider can be asked what it accepted (like Twilio)."""
+
+    def __init__(self, accepted: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.accepted = accepted  # address -> provider ids, as the provider's look-up finds them
+        self.looked_up: list[tuple[int, datetime]] = []
+
+    async def look_up(self, message: Outgoing, since: datetime) -> list[str]:
+        self.looked_up.append((message.message_id, since))
+        return self.accepted.get(message.address, [])
+
+
+def test_with_a_look_up_a_cut_off_send_the_provider_took_is_never_sent_again(db: Engine) -> None:
+    from schedulers.delivery import LOOKUP_MARGIN, release_expired
+
+    old, gone = START - timedelta(minutes=10), START - timedelta(seconds=1)
+    reply = _outbound(db, marketing=False, status="sending", claimed_at=old, lease_expires_at=gone)
+    offer = _outbound(
+        db, marketing=True, status="sending", claimed_at=old, lease_expires_at=gone, address="+14155550199"
+    )
+    release_expired(db, now=START)
+    sender = LookingUp({"+14155550181": ["SMtaken"]})
+    assert asyncio.run(Outbox(db, {"sms": sender}, lambda *_: (), clock=Clock()).deliver_due()) == 2
+    assert [m.message_id for m in sender.sent] == [offer]  # not found at the provider: sent, once
+    assert sorted(sender.looked_up) == [(reply, old - LOOKUP_MARGIN), (offer, old - LOOKUP_MARGIN)]
+    row = _row(db, reply)
+    assert (row["status"], row["provider_message_id"]) == ("sent", "SMtaken")
+    assert [a[:2] for a in attempts(db, reply)] == [(1, "retry"), (2, "sent")]
+    assert "not sent again" in str(attempts(db, reply)[1][2])
+    assert (_row(db, offer)["status"], _row(db, offer)["provider_message_id"]) == ("sent", f"SM{offer:06d}")
+
+
+def test_a_heartbeat_keeps_a_live_workers_claims(db: Engine) -> None:
+    from schedulers.delivery import release_expired
+
+    reply = _outbound(db, marketing=False, status="queued", claimed_at=None)
+    clock = Clock()
+    outbox = Outbox(db, {"sms": RecordingSender()}, lambda *_: (), clock=clock, lease=timedelta(seconds=10))
+    [claimed] = outbox._claim(MESSAGE.c.id == reply, 1)
+    assert _row(db, reply)["claimed_by"] == outbox.worker_id
+    clock.now = START + timedelta(seconds=8)
+    assert outbox.heartbeat() == 0  # renews only what it is sending now
+    outbox._held.add(reply)  # as while its send is in progress
+    assert outbox.heartbeat() == 1
+    assert release_expired(db, now=START + timedelta(seconds=15)) == ()  # renewed: still alive
+    late = START + timedelta(seconds=19)
+    assert release_expired(db, now=late, keep=frozenset({reply})) == ()  # the caller's own: late only
+    assert release_expired(db, now=late) == (reply,)  # no beat since: dead
+    outbox._finish(claimed, "SMlate")  # its late answer: the id is kept where the taker looks
+    assert (_row(db, reply)["status"], _row(db, reply)["provider_message_id"]) == ("queued", "SMlate")
     sender = RecordingSender()
-    outbox = Outbox(db, {"sms": sender}, lambda *_: (), clock=Clock())
-    assert asyncio.run(outbox.deliver_due()) == 1  # the reply goes again; the unknown offer never does
-    assert [m.message_id for m in sender.sent] == [reply]
-    assert [a[:2] for a in attempts(db, marketing)] == [(1, "unknown")]
-    assert [a[:2] for a in attempts(db, reply)] == [(1, "retry"), (2, "sent")]  # cut off, then sent
-    assert recover_stuck(db, older_than=timedelta(minutes=1), now=START) == type(recovery)((), ())
+    assert asyncio.run(Outbox(db, {"sms": sender}, lambda *_: (), clock=clock).deliver_due()) == 1
+    assert sender.sent == [] and _row(db, reply)["status"] == "sent"  # accepted once: not sent again
 
 
 class Exploding:
@@ -446,3 +511,44 @@ def test_a_delivered_callback_before_the_send_finished_keeps_the_attempt(
         row = _row(db, message_id)
         assert (row["status"], row["sent_at"]) == ("delivered", START)
         assert [(a[0], a[1], a[3]) for a in attempts(db, message_id)] == [(1, "sent", f"SM{message_id:06d}")]
+
+
+def test_a_stuck_reply_holds_later_replies_to_the_chat_back_for_a_minute_at_most(db: Engine) -> None:
+    from schedulers.delivery import ORDER_HOLD
+
+    stuck = _outbound(
+        db, marketing=False, status="queued", claimed_at=None, next_attempt_at=START + timedelta(hours=1)
+    )
+    later = _outbound(db, marketing=False, status="queued", claimed_at=None)
+    clock = Clock()
+    sender = RecordingSender()
+    outbox = Outbox(db, {"sms": sender}, lambda *_: (), clock=clock)
+    assert asyncio.run(outbox.deliver_due()) == 0  # waits behind the earlier reply...
+    clock.now = START + ORDER_HOLD
+    assert asyncio.run(outbox.deliver_due()) == 1  # ...but not longer than the hold
+    assert [m.message_id for m in sender.sent] == [later] and _row(db, stuck)["status"] == "queued"
+
+
+def test_a_send_slower_than_the_lease_keeps_its_claim(db: Engine) -> None:
+    from schedulers.delivery import release_expired
+
+    reply = _outbound(db, marketing=False, status="queued", claimed_at=None)
+
+    class Slow(RecordingSender):
+        async def send(self, message: Outgoing) -> str | None:
+            await asyncio.sleep(1.2)
+            return await super().send(message)
+
+    sender = Slow()
+    outbox = Outbox(db, {"sms": sender}, lambda *_: (), lease=timedelta(seconds=0.3))
+
+    async def scenario() -> tuple[int, ...]:
+        sending = asyncio.create_task(outbox.deliver([reply]))
+        await asyncio.sleep(0.9)  # three leases into the send
+        released = await asyncio.to_thread(release_expired, db)
+        await sending
+        return released
+
+    assert asyncio.run(scenario()) == ()  # renewed all along: nobody took it over
+    assert len(sender.sent) == 1 and _row(db, reply)["status"] == "sent"
+    assert [a[1] for a in attempts(db, reply)] == ["sent"]

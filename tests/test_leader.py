@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -72,7 +71,6 @@ def test_a_waiting_scheduler_takes_over_within_seconds(
             policy=PolicyConfig(),
             nudges=NudgeConfig(),
             billing=None,
-            stuck_after=timedelta(minutes=5),
         )
         return Scheduler(ctx, schedule, table=table)
 

@@ -175,7 +175,7 @@ def test_a_wish_for_a_person_hands_the_conversation_to_one(dialog: DialogEngine,
     replies = alex.say(text)
     assert [r.intent for r in replies] == ["handoff"]
     inbound = [m for m in alex.messages() if m.direction == "in"][-1]
-    assert inbound.intent == "handoff"
+    assert inbound.intent == "handoff" and inbound.customer_id is not None
     with dialog.db.connect() as conn:
         conv = conversations.open_conversation(conn, customer_id=inbound.customer_id)
     assert conv is not None and conv.state == ConversationState.WAITING

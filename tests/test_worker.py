@@ -97,8 +97,8 @@ def test_a_worker_killed_mid_send_never_sends_a_broadcast_twice(db_url: str, tmp
     rng = random.Random(20261123)
     kills_mid_send = 0
     with TwilioStandin(ACCOUNT, TOKEN, post_callbacks=False) as standin:
-        # A claim older than 0.6 s is a dead worker's: only one worker runs at a time here.
-        env = worker_env(db_url, standin, sms_rate_per_second=1000, stuck_sending_minutes=0.01)
+        # A claim not renewed for 1 s is a dead worker's (a live one renews it every 1/3 s).
+        env = worker_env(db_url, standin, sms_rate_per_second=1000, claim_lease_seconds=1)
         for _ in range(6):
             worker = start_worker(env, tmp_path)
             before = len(standin.sent)
@@ -111,7 +111,6 @@ def test_a_worker_killed_mid_send_never_sends_a_broadcast_twice(db_url: str, tmp
             assert worker.returncode == -signal.SIGKILL, worker_log(tmp_path)
             if before < len(standin.sent) < RECIPIENTS:
                 kills_mid_send += 1
-            time.sleep(0.7)  # so the next worker's start-up sees the dead one's claims as stale
         last = start_worker(env, tmp_path)
         try:
             counts = wait_drained(db, timeout=180)

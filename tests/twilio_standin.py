@@ -2,8 +2,11 @@
 
 ``POST /2010-04-01/Accounts/{sid}/Messages.json`` answers like Twilio (basic auth checked, a JSON
 message resource with status ``queued``), records what was sent, can be told to fail the next
-requests, and posts signed status callbacks (queued -> sent -> delivered, or a chosen failure)
-to the message's ``StatusCallback``, one message after another, from a background thread.
+requests (or to take a message and cut the connection before answering, :meth:`drop_next`), and
+``GET`` on the same path lists the messages sent (``To``, ``From``, ``DateSent>`` filters, as
+twilio's ``messages.list`` asks). It posts signed status callbacks (queued -> sent -> delivered,
+or a chosen failure) to the message's ``StatusCallback``, one message after another, from a
+background thread.
 
 :func:`serve_sms_app` runs Rapport's web app with the SMS channel under uvicorn on 127.0.0.1,
 its Twilio client pointed at the stand-in, and yields helpers to text it as Twilio would.
@@ -15,6 +18,7 @@ import base64
 import json
 import queue
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -22,6 +26,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -80,6 +85,9 @@ class TwilioStandin:
     # to-number -> (final status, error code) instead of "delivered"
     outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
     post_callbacks: bool = True  # False: accept messages, post no status callbacks
+    delay: float = 0.0  # seconds to wait before answering a send (a slow provider)
+    on_accept: Any = None  # called with each Sent right after it was accepted (fault injection)
+    _drops: list[bool] = field(default_factory=list)  # next sends: cut off, after accepting or not
     _failures: list[Failure] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _callback_queue: queue.Queue[tuple[Sent, list[tuple[str, str]]] | None] = field(
@@ -87,7 +95,7 @@ class TwilioStandin:
     )
 
     def __post_init__(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._threads = [
             threading.Thread(target=self._server.serve_forever, daemon=True),
             threading.Thread(target=self._post_callbacks, daemon=True),
@@ -116,6 +124,12 @@ class TwilioStandin:
         """Answer the next ``times`` send requests with ``failure``."""
         with self._lock:
             self._failures.extend([failure] * times)
+
+    def drop_next(self, *, accept: bool, times: int = 1) -> None:
+        """Close the connection of the next ``times`` sends without answering, after taking the
+        message (``accept``: it goes out, the sender never hears) or before."""
+        with self._lock:
+            self._drops.extend([accept] * times)
 
     def to(self, number: str) -> list[str]:
         """The bodies sent to ``number`` so far."""
@@ -149,10 +163,16 @@ class TwilioStandin:
         expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
         return header == f"Basic {expected}"
 
-    def _create(self, form: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def _create(self, form: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+        """The answer to a send; None: close the connection without one."""
+        if self.delay:
+            time.sleep(self.delay)
         with self._lock:
             self.requests += 1
             failure = self._failures.pop(0) if self._failures else None
+            drop = self._drops.pop(0) if self._drops else None
+        if drop is False:
+            return None
         if failure is not None:
             headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
             return failure.status, _error(failure.status, failure.code, failure.message), headers
@@ -176,10 +196,32 @@ class TwilioStandin:
         final = self.outcomes.get(to, ("delivered", ""))
         if self.post_callbacks:
             self._callback_queue.put((sent, [("queued", ""), ("sent", ""), final]))
+        if self.on_accept is not None:
+            self.on_accept(sent)
+        if drop is True:
+            return None
         return 201, self._resource(sent), {}
 
+    def _list(self, query: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        to, sender, after = query.get("To"), query.get("From"), query.get("DateSent>")
+        since = (
+            datetime.strptime(after, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() if after else None
+        )
+        with self._lock:
+            found = [
+                m
+                for m in self.sent
+                if (to is None or m.to == to)
+                and (sender is None or m.sender == sender)
+                and (since is None or m.at >= since)
+            ]
+        page = [self._resource(m) for m in reversed(found)]  # Twilio lists the newest first
+        path = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        meta = {"first_page_uri": path, "next_page_uri": None, "previous_page_uri": None, "uri": path}
+        return 200, {"messages": page, "page": 0, "page_size": len(page), "start": 0, **meta}, {}
+
     def _resource(self, sent: Sent) -> dict[str, Any]:
-        now = formatdate(usegmt=True)
+        now = formatdate(sent.at, usegmt=True)
         return {
             "sid": sent.sid,
             "account_sid": self.account_sid,
@@ -194,7 +236,7 @@ class TwilioStandin:
             "api_version": "2010-04-01",
             "date_created": now,
             "date_updated": now,
-            "date_sent": None,
+            "date_sent": now,  # the stand-in "sends" at once
             "price": None,
             "price_unit": "USD",
             "error_code": None,
@@ -235,6 +277,14 @@ class TwilioStandin:
                         self.callbacks.append((sent.sid, state, answer))
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that went away mid-answer (a killed worker) is no error worth a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 def _error(status: int, code: int, message: str) -> dict[str, Any]:
     return {
         "code": code,
@@ -252,13 +302,31 @@ def _handler(standin: TwilioStandin) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             path = f"/2010-04-01/Accounts/{standin.account_sid}/Messages.json"
             length = int(self.headers.get("Content-Length") or 0)
-            form = dict(parse_qsl(self.rfile.read(length).decode(), keep_blank_values=True))
+            data = self.rfile.read(length)
+            if len(data) < length:  # the client died mid-request: a real server takes nothing
+                self.close_connection = True
+                return
+            form = dict(parse_qsl(data.decode(), keep_blank_values=True))
             if not standin._authorized(self.headers.get("Authorization")):
                 self._answer(401, _error(401, 20003, "Authenticate"), {})
             elif self.path != path:
                 self._answer(404, _error(404, 20404, f"The requested resource {self.path} was not found"), {})
             else:
-                self._answer(*standin._create(form))
+                answer = standin._create(form)
+                if answer is None:  # cut off: the client never hears back
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self._answer(*answer)
+
+        def do_GET(self) -> None:
+            path, _, query = self.path.partition("?")
+            if not standin._authorized(self.headers.get("Authorization")):
+                self._answer(401, _error(401, 20003, "Authenticate"), {})
+            elif path != f"/2010-04-01/Accounts/{standin.account_sid}/Messages.json":
+                self._answer(404, _error(404, 20404, f"The requested resource {path} was not found"), {})
+            else:
+                self._answer(*standin._list(dict(parse_qsl(query))))
 
         def _answer(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
             data = json.dumps(payload).encode()

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import requests
+import urllib3
 from fastapi import APIRouter, BackgroundTasks, Request, Response
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from twilio.base.exceptions import TwilioRestException
@@ -223,12 +224,36 @@ class TwilioSender:
         except TwilioRestException as exc:
             raise self._error(exc) from None
         except OSError as exc:  # requests' connection errors and timeouts are OSErrors
-            # A timeout waiting for the answer may come after Twilio took the message.
-            ambiguous = isinstance(exc, requests.exceptions.ReadTimeout)
+            # Only a connection never made is sure not to have reached Twilio; a timeout waiting
+            # for the answer or a reset connection may come after Twilio took the message.
             raise SendError(
-                f"could not reach Twilio ({type(exc).__name__}: {exc})", retryable=True, ambiguous=ambiguous
+                f"could not reach Twilio ({type(exc).__name__}: {exc})",
+                retryable=True,
+                ambiguous=not _never_connected(exc),
             ) from None
         return str(created.sid)
+
+    async def look_up(self, message: Outgoing, since: datetime) -> list[str]:
+        """Twilio's SIDs of messages with this body sent to this number from our sender since
+        ``since``, oldest first (how a send cut off before Twilio answered is reconciled)."""
+        body = fit(render(message.text, message.options))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._look_up, message.address, body, since)
+
+    def _look_up(self, to: str, body: str, since: datetime) -> list[str]:
+        params: dict[str, Any] = {"to": to, "date_sent_after": since, "page_size": 100, "limit": 200}
+        if self.from_number and not self.messaging_service_sid:
+            params["from_"] = self.from_number
+        try:
+            found = self.client.messages.list(**params)
+        except TwilioRestException as exc:
+            raise SendError(f"Twilio look-up failed: HTTP {exc.status} {exc.msg}", retryable=True) from None
+        except OSError as exc:
+            raise SendError(
+                f"could not reach Twilio to look up ({type(exc).__name__})", retryable=True
+            ) from None
+        matches = [m for m in found if m.body == body]
+        return [str(m.sid) for m in sorted(matches, key=lambda m: m.date_created or since)]
 
     def _error(self, exc: TwilioRestException) -> SendError:
         status, code = int(exc.status or 0), str(exc.code or "")
@@ -244,6 +269,15 @@ class TwilioSender:
         if code == UNSUBSCRIBED:
             return SendError(f"recipient opted out at the carrier; {what}", retryable=False, opted_out=True)
         return SendError(what, retryable=False)
+
+
+def _never_connected(exc: OSError) -> bool:
+    """Whether the request surely never reached Twilio (no connection was made)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    inner = exc.args[0] if exc.args else None  # requests wraps urllib3's MaxRetryError(reason)
+    reason = getattr(inner, "reason", inner)
+    return isinstance(reason, (urllib3.exceptions.NewConnectionError, ConnectionRefusedError))
 
 
 # -- the service ----------------------------------------------------------------------------------

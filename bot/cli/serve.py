@@ -4,7 +4,6 @@ terminal) and ``telegram`` (the Telegram channel alone, and link codes)."""
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -92,19 +91,10 @@ def worker() -> None:
 
 
 def _delivery_services(runtime: Runtime) -> list[ChannelService]:
-    """Settle what a crash left in ``sending``, then the configured channels (exit 2 if one
-    cannot work)."""
+    """The configured channels (exit 2 if one cannot work). What a crash left in ``sending``
+    is taken over by the delivery loop once its lease runs out (``CLAIM_LEASE_SECONDS``)."""
     from bot.services import build_services
-    from schedulers.delivery import recover_stuck
 
-    recovered = recover_stuck(
-        runtime.db, older_than=timedelta(minutes=runtime.settings.stuck_sending_minutes)
-    )
-    if recovered.unknown or recovered.requeued:
-        err.print(
-            f"{len(recovered.requeued)} replies cut off by a crash queued again; "
-            f"{len(recovered.unknown)} marketing messages marked unknown (not re-sent: review them)."
-        )
     try:
         return build_services(runtime)
     except ValueError as exc:
