@@ -150,3 +150,17 @@ def test_sql_is_built_in_storage_only() -> None:
     }
     assert building - KNOWN_SQL_OUTSIDE_STORAGE == set()
     assert KNOWN_SQL_OUTSIDE_STORAGE - building == set(), "moved to storage: take it off the list"
+
+
+# Tests live beside the package they test (tests/<package>/); at the top only the tests of the
+# whole system: this layout check and the fault runs across processes.
+SYSTEM_TESTS = frozenset({"test_architecture.py", "test_faults.py"})
+
+
+def test_tests_mirror_the_packages() -> None:
+    tests = ROOT / "tests"
+    stray = sorted(p.name for p in tests.glob("test_*.py") if p.name not in SYSTEM_TESTS)
+    assert stray == [], f"move these into tests/<package>/: {stray}"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and any(p.rglob("test_*.py"))}
+    assert folders <= set(MAY_IMPORT), f"test folders that are not packages: {folders - set(MAY_IMPORT)}"
+    assert all((tests / name / "__init__.py").exists() for name in folders)

@@ -20,7 +20,7 @@ from storage import handoff as conversations
 from storage.handoff import TransitionError
 from storage.handoff_models import ConversationState as S
 from storage.tables import CUSTOMER, MESSAGE, STATE
-from tests import test_broadcasts
+from tests.schedulers import test_broadcasts
 from tests.utils import START, Texter
 
 book = test_broadcasts.book  # customers for broadcasts (fixture)
@@ -343,7 +343,7 @@ def test_a_broadcast_leaves_out_a_customer_with_a_person(
     db: Engine, dialog: DialogEngine, book: dict[str, int]
 ) -> None:
     from schedulers import broadcasts as bc
-    from tests.test_broadcasts import CONFIG, MORNING_NY, create
+    from tests.schedulers.test_broadcasts import CONFIG, MORNING_NY, create
 
     bid = create(db, dialog.advisor)
     before = bc.dry_run(db, dialog.advisor, CONFIG, bid, MORNING_NY)
@@ -359,7 +359,7 @@ def test_the_outbox_refuses_queued_marketing_while_a_person_has_the_conversation
     import asyncio
 
     from schedulers.delivery import Outbox
-    from tests.test_delivery import Clock, RecordingSender
+    from tests.schedulers.test_delivery import Clock, RecordingSender
 
     alex = Texter(dialog, "+14155550180", channel="sms", phone="+14155550180")
     alex.say("hi")

@@ -27,13 +27,13 @@ from bot.runtime import Runtime, build_runtime
 from bot.settings import Settings
 from bot.web import create_app
 from storage.tables import IDENTITY
-from tests.browser.test_console_browser import ARGS, CHROMIUM
+from tests.bot.browser.test_console_browser import ARGS, CHROMIUM
+from tests.bot.test_console import PASSWORD, make_user
 from tests.telegram_standin import TOKEN as TELEGRAM_TOKEN
 from tests.telegram_standin import BotApiStandin, message_update
-from tests.test_console import PASSWORD, make_user
 from tests.twilio_standin import ACCOUNT, FROM, TOKEN, SmsApp, TwilioStandin
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = Path(__file__).resolve().parents[3] / "docs"
 ASK_CHANNEL = "How would you like us to reach you"
 PHONE = "+14155550161"
 CHAT = 4242

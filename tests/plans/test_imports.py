@@ -19,7 +19,7 @@ from storage.db import transaction
 from storage.models import Customer, Usage
 from storage.tables import CUSTOMER, USAGE
 
-CATALOG = Path(__file__).parent / "data" / "catalog.toml"
+CATALOG = Path(__file__).parents[1] / "data" / "catalog.toml"
 CUSTOMERS_HEADER = "external_id,phone,name,current_plan\n"
 
 

@@ -30,7 +30,7 @@ from schedulers.delivery import Outbox, RetryPolicy, SendError
 from storage.console_queries import AUDIT, REVIEW, TAUGHT, USER, SearchFilter, fts5_query, search_messages
 from storage.models import utcnow
 from storage.tables import CONSOLE_SESSION, CUSTOMER, MESSAGE, PLAN, USAGE
-from tests.test_delivery import Exploding, RecordingSender
+from tests.schedulers.test_delivery import Exploding, RecordingSender
 
 PASSWORD = "correct horse battery"
 XSS = ["<script>window.__xss=1</script>", '<img src=x onerror="window.__xss=1">']

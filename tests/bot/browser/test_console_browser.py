@@ -23,10 +23,10 @@ from dialogs.bank import QuestionBank
 from dialogs.engine import DialogEngine, EngineConfig, Inbound
 from storage.db import open_database
 from storage.tables import CUSTOMER, MESSAGE
-from tests.test_console import PASSWORD, XSS, make_runtime, make_user, say
+from tests.bot.test_console import PASSWORD, XSS, make_runtime, make_user, say
 
 CHROMIUM = "/usr/bin/chromium"
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = Path(__file__).resolve().parents[3] / "docs"
 ARGS = [
     "--headless",
     "--no-sandbox",

@@ -14,7 +14,7 @@ from schedulers.proactive import ScanSkip, scan
 from storage.models import DeliveryStatus
 from storage.outreach_models import OUTREACH_EVENT
 from storage.tables import CUSTOMER, MESSAGE, PLAN_DECLINE, PREFERENCE, STATE, SWITCH_REQUEST
-from tests.test_dialog_plans import LIGHT, PHONE, dana, setup_customer
+from tests.dialogs.test_dialog_plans import LIGHT, PHONE, dana, setup_customer
 
 CONFIG = PolicyConfig(default_timezone="UTC")
 MORNING_NY = datetime(2026, 4, 6, 14, 0, tzinfo=UTC)  # 10:00 in New York

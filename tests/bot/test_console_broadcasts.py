@@ -24,9 +24,10 @@ from schedulers import broadcasts as bc
 from storage.broadcast_models import BROADCAST
 from storage.console_queries import AUDIT
 from storage.tables import CUSTOMER, MESSAGE, PLAN_DECLINE, SWITCH_REQUEST
-from tests import test_broadcasts, test_console
-from tests.test_broadcasts import MORNING_NY, SEGMENT, TEMPLATE
-from tests.test_console import XSS, Clock, Console, login, make_runtime, make_user
+from tests.bot import test_console
+from tests.bot.test_console import XSS, Clock, Console, login, make_runtime, make_user
+from tests.schedulers import test_broadcasts
+from tests.schedulers.test_broadcasts import MORNING_NY, SEGMENT, TEMPLATE
 
 # The fixtures of the console and broadcast tests: a console app with op@ and admin@ accounts, and
 # six customers each stopped by another rule of the contact policy (or not).

@@ -18,7 +18,7 @@ from schedulers.leader import AlwaysLeader
 from schedulers.nudges import NudgeConfig
 from schedulers.policy import PolicyConfig
 from storage.tables import MESSAGE
-from tests.test_proactive import MORNING_NY, customer
+from tests.schedulers.test_proactive import MORNING_NY, customer
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from sqlalchemy import select
 from storage import handoff as conversations
 from storage.console_queries import AUDIT
 from storage.tables import CUSTOMER, MESSAGE
-from tests import test_broadcasts, test_console
-from tests.test_console import XSS, Console, login, say
+from tests.bot import test_console
+from tests.bot.test_console import XSS, Console, login, say
+from tests.schedulers import test_broadcasts
 
 console = test_console.console  # the console app with op@ and admin@ accounts
 

@@ -13,8 +13,8 @@ from dialogs import taught
 from dialogs.engine import DialogEngine, EngineConfig, Inbound
 from dialogs.taught import TaughtBankCache
 from storage.tables import MESSAGE
-from tests.test_cli import rapport
-from tests.test_console import Console, console, login, say  # noqa: F401 (console is a fixture)
+from tests.bot.test_cli import rapport
+from tests.bot.test_console import Console, console, login, say  # noqa: F401 (console is a fixture)
 
 PHRASE = "gimme the head honcho"
 

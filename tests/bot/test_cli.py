@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from storage.db import make_engine
 from storage.tables import MESSAGE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rapport(

@@ -13,7 +13,7 @@ from plans.catalog import CatalogError, apply_catalog, load_catalog_file
 from storage.db import transaction
 from storage.models import Plan
 
-SAMPLE = Path(__file__).parent / "data" / "catalog.toml"
+SAMPLE = Path(__file__).parents[1] / "data" / "catalog.toml"
 
 PLAN = """
 [[plan]]

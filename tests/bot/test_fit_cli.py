@@ -7,9 +7,9 @@ import io
 import json
 from pathlib import Path
 
-from tests.test_cli import rapport
+from tests.bot.test_cli import rapport
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 def _book(db_url: str, tmp_path: Path) -> None:

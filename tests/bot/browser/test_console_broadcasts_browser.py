@@ -16,9 +16,9 @@ from schedulers import broadcasts as bc
 from storage.broadcast_models import BROADCAST_RECIPIENT
 from storage.db import open_database
 from storage.tables import MESSAGE
-from tests.browser import test_console_browser as base
-from tests.browser.test_console_browser import DOCS, Served
-from tests.test_console import PASSWORD, make_runtime, make_user
+from tests.bot.browser import test_console_browser as base
+from tests.bot.browser.test_console_browser import DOCS, Served
+from tests.bot.test_console import PASSWORD, make_runtime, make_user
 
 # The same fixtures as the console's browser tests: `served` (the app on the demo book), `browser`
 # and `page` (logged in as op@example.com, an operator).

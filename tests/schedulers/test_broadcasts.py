@@ -29,7 +29,7 @@ from storage.tables import (
     SWITCH_REQUEST,
     USAGE,
 )
-from tests.test_dialog_plans import LIGHT, PHONE, setup_customer
+from tests.dialogs.test_dialog_plans import LIGHT, PHONE, setup_customer
 from tests.utils import Texter
 
 CONFIG = PolicyConfig(default_timezone="UTC")

@@ -13,7 +13,7 @@ from dialogs.evaluation import evaluate, load_rows
 from dialogs.understanding import IntentData, Understander, understander
 from storage import handoff as conversations
 from storage.handoff_models import ConversationState
-from tests.test_dialog_plans import PHONE, dana, setup_customer
+from tests.dialogs.test_dialog_plans import PHONE, dana, setup_customer
 from tests.utils import Texter, question_of
 
 
