@@ -256,8 +256,51 @@ def _option_number(question: Question, norm: str) -> Option | None:
 # -- public API -------------------------------------------------------------------------------------
 
 
+_PARSED_MAX = 2048  # remembered parses per question (the cache starts again when full)
+_PARSED_TEXT_MAX = 200  # longer messages are parsed every time (they rarely repeat)
+
+
+# Per question object: (the question, its remembered parses by text).
+_parses: dict[int, tuple[Question, dict[str, Parse | None]]] = {}
+
+
+def _parsed(question: Question) -> dict[str, Parse | None]:
+    hit = _parses.get(id(question))
+    if hit is None or hit[0] is not question:
+        if len(_parses) >= 256:  # banks rebuilt after teaching leave their old questions behind
+            _parses.clear()
+        hit = _parses[id(question)] = (question, {})
+    return hit[1]
+
+
+def forget_parses() -> None:
+    """Forget every remembered parse (a benchmark timing the parser itself calls this)."""
+    _parses.clear()
+
+
 def parse_answer(question: Question, text: str) -> Parse | None:
-    """Understand ``text`` as an answer to ``question``; None when nothing in it could be one."""
+    """Understand ``text`` as an answer to ``question``; None when nothing in it could be one.
+
+    Parsing is a pure function of the question and the text, and customers give the same short
+    answers over and over ("yes", "evenings", "$40"): parses of short texts are remembered per
+    question object.
+    """
+    if len(text) > _PARSED_TEXT_MAX:
+        return _parse_answer(question, text)
+    cache = _parsed(question)
+    try:
+        parse = cache[text]
+    except KeyError:
+        parse = _parse_answer(question, text)
+        if len(cache) >= _PARSED_MAX:
+            cache.clear()
+        cache[text] = parse
+    if parse is not None and isinstance(parse.value, dict):  # a time window: the caller's own copy
+        return Parse(dict(parse.value), parse.confidence, parse.matched)
+    return parse
+
+
+def _parse_answer(question: Question, text: str) -> Parse | None:
     if question.kind is Kind.FREE_TEXT:
         return _free_text(text)
     norm, tokens = _analyse(text)

@@ -433,3 +433,17 @@ def test_any_text_parses_or_not_without_raising(text: str) -> None:
         if parse is not None:
             assert 0.0 <= parse.confidence <= 1.0
             json.dumps(parse.value)
+
+
+def test_a_remembered_parse_is_the_same_and_the_caller_owns_its_value() -> None:
+    question = BANK.get("contact_time")
+    assert question is not None
+    first = parse_answer(question, "evnings")
+    assert first is not None and first.value == EVENING
+    first.value["window"] = "changed by a caller"
+    again = parse_answer(question, "evnings")
+    assert again is not None and again.value == EVENING and again.confidence == first.confidence
+    # Remembered per question: the same text is parsed afresh for another question.
+    channel = BANK.get("contact_channel")
+    assert channel is not None
+    assert parse_answer(channel, "evnings") is None
