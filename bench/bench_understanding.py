@@ -21,7 +21,7 @@ import time
 
 from dialogs.bank import QuestionBank
 from dialogs.evaluation import Report, evaluate, load_rows
-from dialogs.parsing import forget_parses, parse_answer
+from dialogs.parsing import forget_remembered, parse_answer
 from dialogs.understanding import IntentData, Understander
 
 TARGET_OVERALL, TARGET_CATEGORY = 0.90, 0.80
@@ -74,7 +74,7 @@ def main() -> int:
     per_message, baseline, seen = [], [], []
     for _ in range(args.repeat):
         # Parses and scores are remembered per text: time each message as if new, then again.
-        forget_parses()
+        forget_remembered()
         understander.classifier.forget()
         started = time.perf_counter()
         for row in rows:
@@ -84,7 +84,7 @@ def main() -> int:
         for row in rows:
             understander.understand(bank, row["text"], pending=bank.get(row["pending"]))
         seen.append((time.perf_counter() - started) / len(rows))
-        forget_parses()
+        forget_remembered()
         started = time.perf_counter()
         for row in rows:
             pending = bank.get(row["pending"])

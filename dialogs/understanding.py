@@ -38,7 +38,16 @@ from rapidfuzz import fuzz, process
 
 from dialogs.bank import Kind, Question, QuestionBank
 from dialogs.commands import CommandKind, detect_command
-from dialogs.parsing import Parse, find_question, looks_like_code, mentions, normalize, parse_answer
+from dialogs.parsing import (
+    REMEMBER_TEXT_MAX,
+    Parse,
+    find_question,
+    looks_like_code,
+    mentions,
+    normalize,
+    parse_answer,
+    remembered,
+)
 
 INTENTS_FILE = Path(__file__).with_name("intents.toml")
 
@@ -123,6 +132,7 @@ def fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
+@remembered
 def clean(text: str) -> str:
     """The message as understood: folded, common slang spelled out, spaced tokens."""
     words = _WORDS.findall(fold(text[:500]))
@@ -171,7 +181,6 @@ class IntentData:
 
 
 _SCORED_MAX = 4096  # remembered scores per classifier (the memory starts again when full)
-_SCORED_TEXT_MAX = 200  # longer texts are scored every time
 
 
 class IntentClassifier:
@@ -224,7 +233,7 @@ class IntentClassifier:
     def scores(self, text: str) -> dict[str, float]:
         """Probability of each intent for an already :func:`clean` text (remembered for short
         texts: the same few words come again and again)."""
-        if len(text) > _SCORED_TEXT_MAX:
+        if len(text) > REMEMBER_TEXT_MAX:
             return self._scores(text)
         found = self._scored.get(text)
         if found is None:
