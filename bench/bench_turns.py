@@ -4,6 +4,8 @@ For each backend it runs the same scripted conversations on fresh databases, the
 the baseline, ``--repeat`` times:
   engine    every message through ``handle()``: one transaction that finds the customer, locks and
             reads the dialog state and preferences, parses, picks the next question, writes the turn
+            (after the engine's start-up, :meth:`DialogEngine.warm_up`: training the understanding
+            step happens once per process, not in a turn)
   baseline  the turn's writes with the bare driver (sqlite3 / psycopg), one transaction a turn:
             BEGIN (IMMEDIATE on SQLite, as the engine's), for a first message the customer, its
             channel identity and dialog state; the inbound message, the preferences it stated, its
@@ -102,6 +104,7 @@ def turns(customers: int) -> Iterator[tuple[str, int, str]]:
 def run_engine(url: str, customers: int, bank: QuestionBank) -> Result:
     db = make_engine(url)
     dialog = DialogEngine(db, bank, EngineConfig())
+    dialog.warm_up()  # start-up (training the understanding step) is not a turn
     latencies: list[float] = []
     started = time.perf_counter()
     for address, step, line in turns(customers):

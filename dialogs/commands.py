@@ -9,7 +9,7 @@ from enum import StrEnum
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
-from dialogs.parsing import normalize
+from dialogs.parsing import normalize, remembered
 
 LONG_MESSAGE = 200  # longer messages are answers or stories, never commands (except "change my X to Y")
 
@@ -140,6 +140,7 @@ _FIT_ASK = re.compile(r"\b(?:fit|fits|suit|suits|right|best|better|should|recomm
 _FIT_ME = re.compile(r"\b(?:me|i|my|im)\b")
 
 
+@remembered
 def detect_command(text: str) -> Command | None:
     """The command in ``text``, or None when it is (probably) an ordinary answer."""
     raw = text.strip()

@@ -153,6 +153,15 @@ class DialogEngine:
         self.account = AccountDesk(self.advisor)
         # Intent phrasings operators taught, when a provider is given (added to intents.toml's).
         self.intents_provider = intents_provider
+        # The understander last used, by the taught phrasings it was trained with (the provider
+        # hands out the same tuple until something is taught): no look-up by value per turn.
+        self._understander: tuple[tuple[tuple[str, str], ...], u.Understander] | None = None
+
+    def warm_up(self) -> None:
+        """Train the understanding step now (at start-up) rather than on the first message: importing
+        scikit-learn and fitting the classifier take about a second, once per process."""
+        with self.db.connect() as conn:
+            self.understander(conn)
 
     def handle(self, inbound: Inbound) -> TurnResult:
         """Process one inbound message in one transaction and return the replies to send.
@@ -178,7 +187,12 @@ class DialogEngine:
     def understander(self, conn: Connection) -> u.Understander:
         """The understanding step: trained on intents.toml and what operators taught (cached)."""
         taught = self.intents_provider(conn) if self.intents_provider is not None else ()
-        return u.understander(taught=taught)
+        last = self._understander
+        if last is not None and last[0] is taught:
+            return last[1]
+        found = u.understander(taught=taught)
+        self._understander = (taught, found)
+        return found
 
     def reply_from_row(
         self, message_id: int, text: str, intent: str | None, question_key: str | None

@@ -37,6 +37,32 @@ def _per_question(build: Callable[[Question], _T]) -> Callable[[Question], _T]:
     return cached
 
 
+REMEMBER_TEXT_MAX = 200  # texts up to this long have what is worked out from them remembered
+_forgetters: list[Callable[[], None]] = []
+
+
+def remembered(work: Callable[[str], _T]) -> Callable[[str], _T]:
+    """``work`` (a pure function of a text, giving an immutable value) remembered for short texts:
+    customers send the same few words again and again ("yes", "evenings", "stop"), and one turn
+    looks at its text several ways. Long texts are worked out every time (bounded memory)."""
+    cached = lru_cache(maxsize=4096)(work)
+    _forgetters.append(cached.cache_clear)
+
+    def call(text: str) -> _T:
+        return cached(text) if len(text) <= REMEMBER_TEXT_MAX else work(text)
+
+    call.__doc__ = work.__doc__
+    call.__name__ = work.__name__
+    return call
+
+
+def forget_remembered() -> None:
+    """Forget everything remembered about texts (a benchmark timing the work itself calls this)."""
+    for forget in _forgetters:
+        forget()
+    _parses.clear()
+
+
 MAX_CHARS = 500  # only the start of a message is parsed, so a huge message stays cheap
 FREE_TEXT_MAX = 500
 
@@ -68,6 +94,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # half an emoji from a broken client: not storable
 
 
+@remembered
 def normalize(text: str) -> str:
     """NFKC, lowercase, ASCII quotes and dashes, no control characters, single spaces, stripped."""
     text = unicodedata.normalize("NFKC", text).translate(_ASCII).lower()
@@ -241,6 +268,7 @@ _CODE = re.compile(
 _OPTION_NUMBER = re.compile(r"(?:option|choice|number|no\.?|#)?\s*#?\s*(\d{1,2})\s*[.)]?")
 
 
+@remembered
 def looks_like_code(text: str) -> bool:
     """Whether ``text`` looks like SQL, markup or shell rather than something a customer means."""
     return _CODE.search(normalize(text[:MAX_CHARS])) is not None
@@ -256,8 +284,45 @@ def _option_number(question: Question, norm: str) -> Option | None:
 # -- public API -------------------------------------------------------------------------------------
 
 
+_PARSED_MAX = 2048  # remembered parses per question (the cache starts again when full)
+
+
+# Per question object: (the question, its remembered parses by text).
+_parses: dict[int, tuple[Question, dict[str, Parse | None]]] = {}
+
+
+def _parsed(question: Question) -> dict[str, Parse | None]:
+    hit = _parses.get(id(question))
+    if hit is None or hit[0] is not question:
+        if len(_parses) >= 256:  # banks rebuilt after teaching leave their old questions behind
+            _parses.clear()
+        hit = _parses[id(question)] = (question, {})
+    return hit[1]
+
+
 def parse_answer(question: Question, text: str) -> Parse | None:
-    """Understand ``text`` as an answer to ``question``; None when nothing in it could be one."""
+    """Understand ``text`` as an answer to ``question``; None when nothing in it could be one.
+
+    Parsing is a pure function of the question and the text, and customers give the same short
+    answers over and over ("yes", "evenings", "$40"): parses of short texts are remembered per
+    question object.
+    """
+    if len(text) > REMEMBER_TEXT_MAX:
+        return _parse_answer(question, text)
+    cache = _parsed(question)
+    try:
+        parse = cache[text]
+    except KeyError:
+        parse = _parse_answer(question, text)
+        if len(cache) >= _PARSED_MAX:
+            cache.clear()
+        cache[text] = parse
+    if parse is not None and isinstance(parse.value, dict):  # a time window: the caller's own copy
+        return Parse(dict(parse.value), parse.confidence, parse.matched)
+    return parse
+
+
+def _parse_answer(question: Question, text: str) -> Parse | None:
     if question.kind is Kind.FREE_TEXT:
         return _free_text(text)
     norm, tokens = _analyse(text)

@@ -38,7 +38,16 @@ from rapidfuzz import fuzz, process
 
 from dialogs.bank import Kind, Question, QuestionBank
 from dialogs.commands import CommandKind, detect_command
-from dialogs.parsing import Parse, find_question, looks_like_code, mentions, normalize, parse_answer
+from dialogs.parsing import (
+    REMEMBER_TEXT_MAX,
+    Parse,
+    find_question,
+    looks_like_code,
+    mentions,
+    normalize,
+    parse_answer,
+    remembered,
+)
 
 INTENTS_FILE = Path(__file__).with_name("intents.toml")
 
@@ -123,6 +132,7 @@ def fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
+@remembered
 def clean(text: str) -> str:
     """The message as understood: folded, common slang spelled out, spaced tokens."""
     words = _WORDS.findall(fold(text[:500]))
@@ -170,6 +180,9 @@ class IntentData:
 # -- the classifier --------------------------------------------------------------------------------
 
 
+_SCORED_MAX = 4096  # remembered scores per classifier (the memory starts again when full)
+
+
 class IntentClassifier:
     """Character n-gram TF-IDF and a linear SVM, fitted once (tens of milliseconds); scoring is a
     sparse dot product, and the margins become probabilities by a softmax (``temperature``)."""
@@ -204,6 +217,7 @@ class IntentClassifier:
             intercept = np.array([-intercept[0], intercept[0]])
         self._coef_t = np.ascontiguousarray(coef.T)  # (features, classes)
         self._intercept = intercept
+        self._scored: dict[str, dict[str, float]] = {}
 
     def _features(self, word: str) -> tuple[int, ...]:
         # char_wb n-grams never cross a word boundary: a word's features are the same in any text.
@@ -217,7 +231,23 @@ class IntentClassifier:
         return found
 
     def scores(self, text: str) -> dict[str, float]:
-        """Probability of each intent for an already :func:`clean` text."""
+        """Probability of each intent for an already :func:`clean` text (remembered for short
+        texts: the same few words come again and again)."""
+        if len(text) > REMEMBER_TEXT_MAX:
+            return self._scores(text)
+        found = self._scored.get(text)
+        if found is None:
+            found = self._scores(text)
+            if len(self._scored) >= _SCORED_MAX:
+                self._scored.clear()
+            self._scored[text] = found
+        return dict(found)
+
+    def forget(self) -> None:
+        """Forget the remembered scores (a benchmark timing the classifier itself calls this)."""
+        self._scored.clear()
+
+    def _scores(self, text: str) -> dict[str, float]:
         counts: dict[int, int] = {}
         for word in text.split():
             for index in self._features(word):

@@ -299,3 +299,26 @@ def test_config_threshold_and_tries_are_honoured(db: Engine, bank: QuestionBank)
     assert alex.say("banana")[-1].intent == "reask"
     assert alex.say("banana")[-1].intent == "reask"
     assert alex.say("banana")[-1].intent == "offer_person"
+
+
+def test_warm_up_trains_the_understanding_step_and_teaching_retrains_it(
+    db: Engine, bank: QuestionBank
+) -> None:
+    taught: list[tuple[tuple[str, str], ...]] = [()]
+    asked: list[bool] = []
+
+    def provider(_conn: object) -> tuple[tuple[str, str], ...]:
+        asked.append(True)
+        return taught[0]
+
+    dialog = DialogEngine(db, bank, EngineConfig(), intents_provider=provider)
+    dialog.warm_up()
+    assert asked  # trained at start-up, with what operators taught
+    with db.connect() as conn:
+        first = dialog.understander(conn)
+        assert dialog.understander(conn) is first
+        taught[0] = (("handoff", "zorblax wibble please"),)
+        second = dialog.understander(conn)
+        assert second is not first
+        assert ("handoff", "zorblax wibble please") in second.taught
+        assert dialog.understander(conn) is second

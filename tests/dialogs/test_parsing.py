@@ -10,7 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dialogs.bank import Kind, QuestionBank
-from dialogs.parsing import find_question, format_value, mentions, normalize, parse_answer, parse_yes_no
+from dialogs.parsing import (
+    REMEMBER_TEXT_MAX,
+    find_question,
+    forget_remembered,
+    format_value,
+    mentions,
+    normalize,
+    parse_answer,
+    parse_yes_no,
+    remembered,
+)
 
 BANK = QuestionBank.load()
 ACCEPT = 0.75  # the engine's default threshold
@@ -433,3 +443,35 @@ def test_any_text_parses_or_not_without_raising(text: str) -> None:
         if parse is not None:
             assert 0.0 <= parse.confidence <= 1.0
             json.dumps(parse.value)
+
+
+def test_a_remembered_parse_is_the_same_and_the_caller_owns_its_value() -> None:
+    question = BANK.get("contact_time")
+    assert question is not None
+    first = parse_answer(question, "evnings")
+    assert first is not None and first.value == EVENING
+    first.value["window"] = "changed by a caller"
+    again = parse_answer(question, "evnings")
+    assert again is not None and again.value == EVENING and again.confidence == first.confidence
+    # Remembered per question: the same text is parsed afresh for another question.
+    channel = BANK.get("contact_channel")
+    assert channel is not None
+    assert parse_answer(channel, "evnings") is None
+
+
+def test_remembered_works_out_a_short_text_once_and_a_long_one_every_time() -> None:
+    calls: list[str] = []
+
+    @remembered
+    def shout(text: str) -> str:
+        calls.append(text)
+        return text.upper()
+
+    assert shout("hi") == shout("hi") == "HI"
+    assert calls == ["hi"]
+    long = "x" * (REMEMBER_TEXT_MAX + 1)
+    assert shout(long) == shout(long) == long.upper()
+    assert calls.count(long) == 2
+    forget_remembered()
+    assert shout("hi") == "HI"
+    assert calls.count("hi") == 2

@@ -291,3 +291,13 @@ def test_a_guess_from_one_familiar_word_never_acts(bank: QuestionBank, text: str
     # Words no example knows, next to a polite one: not a request for a person, not an opt-out.
     meant = understander().understand(bank, text, pending=bank.get("contact_channel"), known={})
     assert meant.intent not in (u.HANDOFF, u.STOP)
+
+
+def test_remembered_classifier_scores_are_the_same_and_the_caller_owns_them() -> None:
+    classifier = understander().classifier
+    first = classifier.scores("can i talk to a real person")
+    assert max(first, key=first.__getitem__) == u.HANDOFF
+    first[u.HANDOFF] = -1.0
+    again = classifier.scores("can i talk to a real person")
+    assert again[u.HANDOFF] > 0.5
+    assert sum(again.values()) == pytest.approx(1.0)
