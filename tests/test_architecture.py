@@ -35,7 +35,6 @@ KNOWN_SQL_OUTSIDE_STORAGE = frozenset(
         "schedulers.delivery",
         "schedulers.nudges",
         "schedulers.proactive",
-        "schedulers.ratelimit",
     }
 )
 
