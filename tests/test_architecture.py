@@ -33,7 +33,6 @@ KNOWN_SQL_OUTSIDE_STORAGE = frozenset(
         "schedulers.broadcasts.lifecycle",
         "schedulers.broadcasts.report",
         "schedulers.delivery",
-        "schedulers.proactive",
     }
 )
 
