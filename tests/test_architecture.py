@@ -29,7 +29,6 @@ ORMS = frozenset({"sqlalchemy", "sqlmodel"})
 KNOWN_SQL_OUTSIDE_STORAGE = frozenset(
     {
         "schedulers.audience",
-        "schedulers.broadcasts.report",
         "schedulers.delivery",
     }
 )
