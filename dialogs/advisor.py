@@ -11,8 +11,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import Connection, cast, func, insert, select
-from sqlalchemy.types import String
+from sqlalchemy import Connection
 
 from dialogs.bank import Kind, Question, QuestionBank
 from plans.fit import (
@@ -28,7 +27,7 @@ from plans.fit import (
     needs_from,
     usage_batch,
 )
-from storage.tables import PLAN, PLAN_DECLINE, PREFERENCE, SWITCH_REQUEST, USAGE
+from storage import advice_queries
 
 _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "AUD": "A$", "CAD": "C$"}
 _PRIORS_TTL_S = 600.0
@@ -112,18 +111,14 @@ class Advisor:
 
     def catalog(self, conn: Connection) -> Catalog:
         """The plan catalog, reloaded when the plan table changed."""
-        version = tuple(conn.execute(select(func.count(), func.max(PLAN.c.updated_at))).one())
+        version = advice_queries.catalog_version(conn)
         if self._catalog is None or self._catalog[0] != version:
             self._catalog = (version, load_catalog(conn))
         return self._catalog[1]
 
     def usage(self, conn: Connection, customer_id: int, catalog: Catalog) -> UsageBatch:
         """The customer's latest usage periods as a batch of one."""
-        rows = conn.execute(
-            select(USAGE.c.customer_id, USAGE.c.period, USAGE.c.metric, USAGE.c.quantity_milli).where(
-                USAGE.c.customer_id == customer_id
-            )
-        )
+        rows = advice_queries.customer_usage(conn, customer_id=customer_id)
         return usage_batch([customer_id], rows, catalog.metrics, self.config.fit.lookback)
 
     def priors(self, conn: Connection, key: str) -> list[tuple[Any, int]]:
@@ -131,9 +126,8 @@ class Advisor:
         cached = self._priors.get(key)
         if cached is not None and time.monotonic() - cached[0] < _PRIORS_TTL_S:
             return cached[1]
-        text = cast(PREFERENCE.c.value, String)
-        rows = conn.execute(select(text, func.count()).where(PREFERENCE.c.key == key).group_by(text)).all()
-        counts = [(json.loads(value), int(n)) for value, n in rows if value is not None]
+        rows = advice_queries.answer_counts(conn, key=key)
+        counts = [(json.loads(value), n) for value, n in rows if value is not None]
         self._priors[key] = (time.monotonic(), counts)
         return counts
 
@@ -162,16 +156,9 @@ class Advisor:
         self, conn: Connection, customer_id: int, plan_id: str, usage: Mapping[str, Decimal], now: datetime
     ) -> datetime | None:
         """When the customer declined ``plan_id`` lately, unless their usage changed a lot since."""
-        row = conn.execute(
-            select(PLAN_DECLINE.c.declined_at, PLAN_DECLINE.c.usage)
-            .where(
-                PLAN_DECLINE.c.customer_id == customer_id,
-                PLAN_DECLINE.c.plan_id == plan_id,
-                PLAN_DECLINE.c.declined_at > now - self.config.decline_for,
-            )
-            .order_by(PLAN_DECLINE.c.declined_at.desc())
-            .limit(1)
-        ).first()
+        row = advice_queries.latest_decline(
+            conn, customer_id=customer_id, plan_id=plan_id, since=now - self.config.decline_for
+        )
         if row is None:
             return None
         declined_at, then = row
@@ -184,16 +171,14 @@ class Advisor:
     ) -> None:
         """The customer said YES: a switch request for billing."""
         assert advice.fit.best_plan is not None and advice.fit.saving is not None
-        conn.execute(
-            insert(SWITCH_REQUEST).values(
-                customer_id=customer_id,
-                from_plan_id=advice.fit.current_plan,
-                to_plan_id=advice.fit.best_plan,
-                monthly_saving=advice.fit.saving.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP),
-                message_id=message_id,
-                status="requested",
-                created_at=now,
-            )
+        advice_queries.add_switch_request(
+            conn,
+            customer_id=customer_id,
+            from_plan_id=advice.fit.current_plan,
+            to_plan_id=advice.fit.best_plan,
+            monthly_saving=advice.fit.saving.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP),
+            message_id=message_id,
+            now=now,
         )
 
     def record_decline(
@@ -201,14 +186,13 @@ class Advisor:
     ) -> None:
         """The customer said NO: remember it with the usage it was offered on."""
         assert advice.fit.best_plan is not None
-        conn.execute(
-            insert(PLAN_DECLINE).values(
-                customer_id=customer_id,
-                plan_id=advice.fit.best_plan,
-                usage={m: float(v) for m, v in advice.fit.usage.items()},
-                message_id=message_id,
-                declined_at=now,
-            )
+        advice_queries.add_plan_decline(
+            conn,
+            customer_id=customer_id,
+            plan_id=advice.fit.best_plan,
+            usage={m: float(v) for m, v in advice.fit.usage.items()},
+            message_id=message_id,
+            now=now,
         )
 
     # -- what to ask --------------------------------------------------------------------------
@@ -272,25 +256,10 @@ class Advisor:
         rule = question.derive_from_usage
         if rule is None:
             return None
-        rows = conn.execute(
-            select(USAGE.c.period, USAGE.c.quantity_milli)
-            .where(USAGE.c.customer_id == customer_id, USAGE.c.metric == rule.metric)
-            .order_by(USAGE.c.period.desc())
-        ).all()
-        periods = (
-            conn.execute(
-                select(USAGE.c.period)
-                .where(USAGE.c.customer_id == customer_id)
-                .group_by(USAGE.c.period)
-                .order_by(USAGE.c.period.desc())
-                .limit(rule.lookback)
-            )
-            .scalars()
-            .all()
-        )
+        by_period = advice_queries.metric_by_period(conn, customer_id=customer_id, metric=rule.metric)
+        periods = advice_queries.latest_periods(conn, customer_id=customer_id, limit=rule.lookback)
         if not periods:
             return None
-        by_period = dict(rows)
         values = [Decimal(by_period.get(p, 0)) / QTY_SCALE for p in periods]
         total = sum(values, Decimal(0))
         aggregate = {"mean": total / len(values), "max": max(values), "sum": total}[rule.aggregate]

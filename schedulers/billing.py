@@ -18,11 +18,10 @@ from datetime import datetime, timedelta
 from typing import TextIO
 
 import httpx
-from sqlalchemy import Engine, insert, or_, select, update
+from sqlalchemy import Engine
 
 from schedulers.delivery import RetryPolicy
-from storage.outreach_models import BILLING_DELIVERY
-from storage.tables import CUSTOMER, SWITCH_REQUEST
+from storage import billing_queries
 
 REQUESTED, SENT = "requested", "sent_to_billing"
 
@@ -60,22 +59,11 @@ def deliver_switches(
 ) -> BillingReport:
     """POST every due switch request still ``requested`` once; record the outcome of each."""
     with db.connect() as conn:
-        rows = conn.execute(
-            select(SWITCH_REQUEST, CUSTOMER.c.external_id, BILLING_DELIVERY.c.attempts)
-            .join(CUSTOMER, CUSTOMER.c.id == SWITCH_REQUEST.c.customer_id)
-            .outerjoin(BILLING_DELIVERY, BILLING_DELIVERY.c.switch_request_id == SWITCH_REQUEST.c.id)
-            .where(
-                SWITCH_REQUEST.c.status == REQUESTED,
-                or_(BILLING_DELIVERY.c.next_attempt_at.is_(None), BILLING_DELIVERY.c.next_attempt_at <= now),
-            )
-            .order_by(SWITCH_REQUEST.c.id)
-            .limit(limit)
-        ).all()
+        rows = billing_queries.due_switches(conn, status=REQUESTED, now=now, limit=limit)
     sent = failed = 0
     with httpx.Client(timeout=config.timeout) as client:
         send = post or _poster(client)
-        for row in rows:
-            r = row._mapping
+        for r in rows:
             body = json.dumps(
                 {
                     "id": r["id"],
@@ -122,13 +110,9 @@ def _record(
     else:
         values["next_attempt_at"] = now + timedelta(seconds=config.retry.delay(attempts, None))
     with db.begin() as conn:
-        changed = conn.execute(
-            update(BILLING_DELIVERY).where(BILLING_DELIVERY.c.switch_request_id == switch_id).values(**values)
-        ).rowcount
-        if not changed:
-            conn.execute(insert(BILLING_DELIVERY).values(switch_request_id=switch_id, **values))
-        if error is None:
-            conn.execute(update(SWITCH_REQUEST).where(SWITCH_REQUEST.c.id == switch_id).values(status=SENT))
+        billing_queries.record_billing_attempt(
+            conn, switch_id=switch_id, values=values, delivered_status=SENT if error is None else None
+        )
 
 
 EXPORT_COLUMNS = (
@@ -148,31 +132,11 @@ EXPORT_COLUMNS = (
 
 def export_switches(db: Engine, out: TextIO, since: datetime | None = None) -> int:
     """Write switch requests (made at or after ``since``) as CSV to ``out``; the number written."""
-    query = (
-        select(
-            SWITCH_REQUEST.c.id,
-            SWITCH_REQUEST.c.created_at,
-            SWITCH_REQUEST.c.customer_id,
-            CUSTOMER.c.external_id,
-            SWITCH_REQUEST.c.from_plan_id,
-            SWITCH_REQUEST.c.to_plan_id,
-            SWITCH_REQUEST.c.monthly_saving,
-            SWITCH_REQUEST.c.status,
-            BILLING_DELIVERY.c.attempts,
-            BILLING_DELIVERY.c.last_error,
-            BILLING_DELIVERY.c.delivered_at,
-        )
-        .join(CUSTOMER, CUSTOMER.c.id == SWITCH_REQUEST.c.customer_id)
-        .outerjoin(BILLING_DELIVERY, BILLING_DELIVERY.c.switch_request_id == SWITCH_REQUEST.c.id)
-        .order_by(SWITCH_REQUEST.c.id)
-    )
-    if since is not None:
-        query = query.where(SWITCH_REQUEST.c.created_at >= since)
     writer = csv.writer(out)
     writer.writerow(EXPORT_COLUMNS)
     n = 0
     with db.connect() as conn:
-        for row in conn.execute(query):
+        for row in billing_queries.switch_export_rows(conn, since=since):
             writer.writerow(
                 ["" if v is None else v.isoformat() if isinstance(v, datetime) else v for v in row]
             )

@@ -17,8 +17,10 @@ import logging
 from pathlib import Path
 from typing import IO, Protocol
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
+
+from storage.locks import advisory_unlock, ping_connection, try_advisory_lock
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ class PostgresLeaderLock:
         conn: Connection | None = None
         try:
             conn = self.db.connect().execution_options(isolation_level="AUTOCOMMIT")
-            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar())
+            got = try_advisory_lock(conn, key=self.key)
         except SQLAlchemyError:
             if conn is not None:
                 _discard(conn)
@@ -75,7 +77,7 @@ class PostgresLeaderLock:
         if self._conn is None:
             return False
         try:
-            self._conn.execute(text("SELECT 1"))
+            ping_connection(self._conn)
         except SQLAlchemyError as exc:
             log.warning("lost the lock's connection (%s): giving leadership up", type(exc).__name__)
             self.release()
@@ -87,7 +89,7 @@ class PostgresLeaderLock:
         if conn is None:
             return
         with contextlib.suppress(SQLAlchemyError):
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            advisory_unlock(conn, key=self.key)
         _discard(conn)
 
 

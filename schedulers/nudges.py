@@ -19,16 +19,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+from sqlalchemy import Connection, Engine
 
 from dialogs.bank import QuestionBank
 from dialogs.policy import next_step
 from schedulers.audience import contact_of
 from schedulers.policy import PolicyConfig, decide
 from schedulers.proactive import lock_state, queue_message, record_event
-from storage.models import Direction, PendingKind
-from storage.outreach_models import OUTREACH_EVENT
-from storage.tables import CUSTOMER, MESSAGE, STATE
+from storage import outreach_queries
+from storage.models import PendingKind
 from storage.turns import TurnState, load_facts
 
 NUDGE_INTENT = "nudge"
@@ -78,24 +77,8 @@ def nudge(
     report = NudgeReport()
     if config.max_nudges == 0:
         return report
-    last_in = (
-        select(MESSAGE.c.customer_id, func.max(MESSAGE.c.created_at).label("at"))
-        .where(MESSAGE.c.direction == Direction.IN, MESSAGE.c.customer_id.is_not(None))
-        .group_by(MESSAGE.c.customer_id)
-        .subquery()
-    )
-    query = (
-        select(STATE.c.customer_id)
-        .join(last_in, last_in.c.customer_id == STATE.c.customer_id)
-        .where(
-            STATE.c.finished_at.is_(None),
-            or_(STATE.c.pending_kind.is_(None), STATE.c.pending_kind == PendingKind.ASK),
-            last_in.c.at <= now - config.after,
-        )
-        .order_by(STATE.c.customer_id)
-    )
     with db.connect() as conn:
-        candidates = list(conn.execute(query).scalars())
+        candidates = outreach_queries.nudge_candidates(conn, silent_since=now - config.after)
     for customer_id in candidates:
         report.considered += 1
         with db.begin() as conn:
@@ -118,29 +101,17 @@ def _one(
     row = lock_state(conn, customer_id)
     if row["finished_at"] is not None or row["pending_kind"] not in (None, PendingKind.ASK):
         return NudgeSkip.DIALOG_BUSY  # the customer wrote meanwhile, or a yes/no is pending
-    last_in = conn.execute(
-        select(func.max(MESSAGE.c.created_at)).where(
-            MESSAGE.c.customer_id == customer_id, MESSAGE.c.direction == Direction.IN
-        )
-    ).scalar()
+    last_in = outreach_queries.last_inbound_at(conn, customer_id=customer_id)
     if last_in is None or last_in > now - config.after:
         return NudgeSkip.NOT_SILENT
-    sent = conn.execute(
-        select(func.count(), func.max(MESSAGE.c.created_at)).where(
-            and_(
-                MESSAGE.c.customer_id == customer_id,
-                MESSAGE.c.direction == Direction.OUT,
-                MESSAGE.c.intent == NUDGE_INTENT,
-                MESSAGE.c.created_at > last_in,
-            )
-        )
-    ).one()
-    count, last_nudge = int(sent[0]), sent[1]
+    count, last_nudge = outreach_queries.outbound_since(
+        conn, customer_id=customer_id, intent=NUDGE_INTENT, since=last_in
+    )
     if count >= config.max_nudges:
         return NudgeSkip.MAX_REACHED
     if last_nudge is not None and now - last_nudge < config.spacing:
         return NudgeSkip.SPACING
-    customer = dict(conn.execute(select(CUSTOMER).where(CUSTOMER.c.id == customer_id)).one()._mapping)
+    customer = outreach_queries.customer_row(conn, customer_id=customer_id)
     facts = load_facts(conn, customer_id=customer_id)
     state = TurnState(
         customer_id=customer_id,
@@ -182,11 +153,7 @@ def _one(
         intent=NUDGE_INTENT,
         question_key=question.key,
     )
-    conn.execute(
-        update(STATE)
-        .where(STATE.c.customer_id == customer_id)
-        .values(pending_key=question.key, pending_kind=PendingKind.ASK, version=STATE.c.version + 1)
-    )
+    outreach_queries.set_pending_question(conn, customer_id=customer_id, key=question.key)
     record_event(conn, customer_id, "nudge_queued", None, None, message_id, now)
     report.queued += 1
     report.message_ids.append(message_id)
@@ -194,9 +161,4 @@ def _one(
 
 
 def _skip_recorded(conn: Connection, customer_id: int, since: datetime) -> bool:
-    query = select(OUTREACH_EVENT.c.id).where(
-        OUTREACH_EVENT.c.customer_id == customer_id,
-        OUTREACH_EVENT.c.kind == "nudge_skipped",
-        OUTREACH_EVENT.c.at > since,
-    )
-    return conn.execute(query.limit(1)).first() is not None
+    return outreach_queries.has_event_since(conn, customer_id=customer_id, kind="nudge_skipped", since=since)

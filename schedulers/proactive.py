@@ -15,17 +15,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, Engine
 
 from dialogs.advisor import Advisor, explain
 from plans.fit import Fit, fit_book
 from schedulers.audience import contact_of
 from schedulers.policy import Decision, PolicyConfig, decide
-from storage.models import DeliveryStatus, Direction, PendingKind
-from storage.outreach_models import OUTREACH_EVENT
-from storage.tables import CUSTOMER, MESSAGE, PREFERENCE, STATE
+from storage import outreach_queries
+from storage.models import PendingKind
 from storage.turns import unsent_suggestion
 
 SUGGESTION_INTENT = "suggestion"
@@ -81,9 +78,8 @@ def _one(
     report: ScanReport,
 ) -> None:
     state = lock_state(conn, customer_id)
-    customer = dict(conn.execute(select(CUSTOMER).where(CUSTOMER.c.id == customer_id)).one()._mapping)
-    query = select(PREFERENCE.c.key, PREFERENCE.c.value).where(PREFERENCE.c.customer_id == customer_id)
-    prefs: dict[str, Any] = {row.key: row.value for row in conn.execute(query)}
+    customer = outreach_queries.customer_row(conn, customer_id=customer_id)
+    prefs: dict[str, Any] = outreach_queries.preference_values(conn, customer_id=customer_id)
 
     def skip(reason: str, plan_id: str | None = None) -> None:
         report.skipped_by_reason[reason] += 1
@@ -127,53 +123,14 @@ def _one(
 
 def lock_state(conn: Connection, customer_id: int) -> Mapping[str, Any]:
     """The customer's dialog state, locked as a turn locks it (created when there is none)."""
-    query = select(STATE).where(STATE.c.customer_id == customer_id).with_for_update()
-    row = conn.execute(query).first()
-    if row is None:
-        conn.execute(insert(STATE).values(customer_id=customer_id, reask_count=0, deferred={}, version=0))
-        row = conn.execute(query).one()
-    return dict(row._mapping)
+    return outreach_queries.lock_dialog_state(conn, customer_id=customer_id)
 
 
 def await_answers(conn: Connection, offered: Mapping[int, str]) -> None:
     """Make each customer's dialogue wait for the answer to the plan just offered to them
     (customer id -> plan id), so a YES or NO is taken for that offer; a customer in the middle
     of a confirmation (stop, forget me, a stale answer) is left to finish it."""
-    ids = list(offered)
-    have = set(conn.execute(select(STATE.c.customer_id).where(STATE.c.customer_id.in_(ids))).scalars())
-    new = [c for c in ids if c not in have]
-    if new:
-        # A first message racing this gets its own fresh state; the offer waits for the next.
-        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(
-            dialect_insert(STATE).on_conflict_do_nothing(index_elements=[STATE.c.customer_id]),
-            [
-                {
-                    "customer_id": c,
-                    "pending_kind": PendingKind.SUGGESTION,
-                    "pending_key": f"plan:{offered[c]}",
-                    "reask_count": 0,
-                    "deferred": {},
-                    "version": 1,  # not 0: the answer is not a first contact to greet
-                }
-                for c in new
-            ],
-        )
-    if have:
-        conn.execute(
-            update(STATE)
-            .where(
-                STATE.c.customer_id == bindparam("b_customer"),
-                or_(STATE.c.pending_kind.is_(None), and_(*(STATE.c.pending_kind != k for k in _BUSY))),
-            )
-            .values(
-                pending_kind=PendingKind.SUGGESTION,
-                pending_key=bindparam("b_key"),
-                reask_count=0,
-                version=STATE.c.version + 1,
-            ),
-            [{"b_customer": c, "b_key": f"plan:{offered[c]}"} for c in ids if c in have],
-        )
+    outreach_queries.await_plan_answers(conn, offered=offered, busy=_BUSY)
 
 
 def queue_message(
@@ -189,26 +146,16 @@ def queue_message(
     question_key: str | None = None,
 ) -> int:
     """Queue a proactive (marketing) message; deferred to the policy's next allowed moment."""
-    return int(
-        conn.execute(
-            insert(MESSAGE)
-            .values(
-                customer_id=customer_id,
-                channel=channel,
-                direction=Direction.OUT,
-                address=address,
-                text=text,
-                intent=intent,
-                question_key=question_key,
-                needs_review=False,
-                status=DeliveryStatus.QUEUED,
-                attempts=0,
-                marketing=True,
-                next_attempt_at=None if decision.allowed else decision.next_allowed_at,
-                created_at=now,
-            )
-            .returning(MESSAGE.c.id)
-        ).scalar_one()
+    return outreach_queries.queue_marketing_message(
+        conn,
+        customer_id=customer_id,
+        channel=channel,
+        address=address,
+        text=text,
+        intent=intent,
+        question_key=question_key,
+        next_attempt_at=None if decision.allowed else decision.next_allowed_at,
+        now=now,
     )
 
 
@@ -222,8 +169,6 @@ def record_event(
     at: datetime,
 ) -> None:
     """Record what outreach did for a customer (queued, deferred, skipped and why)."""
-    conn.execute(
-        insert(OUTREACH_EVENT).values(
-            customer_id=customer_id, kind=kind, reason=reason, plan_id=plan_id, message_id=message_id, at=at
-        )
+    outreach_queries.add_outreach_event(
+        conn, customer_id=customer_id, kind=kind, reason=reason, plan_id=plan_id, message_id=message_id, at=at
     )

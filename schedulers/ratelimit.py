@@ -19,11 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Engine
 
-from storage.outreach_models import RATE_BUCKET
+from storage.rate_buckets import bucket_tat, hold_bucket, prune_buckets, take_slot
 
 DEFAULT_HEADROOM = 0.97
 LATE = 0.025  # seconds behind its slot after which a send takes a new slot rather than go
@@ -50,8 +48,6 @@ class SharedLimiter:
         self.db = db
         self.headroom = headroom
         self.clock = clock
-        self._insert = pg_insert if db.dialect.name == "postgresql" else sqlite_insert
-        self._greatest = func.greatest if db.dialect.name == "postgresql" else func.max
 
     async def acquire(self, *limits: Limit) -> None:
         """Wait for a slot in each bucket in turn (from the event loop); see :meth:`wait`."""
@@ -94,32 +90,22 @@ class SharedLimiter:
         tolerance = gap * (max(limit.burst, 1) - 1)
         with self.db.begin() as conn:
             now = self.clock()  # read once the transaction holds the write lock (SQLite)
-            upsert = self._insert(RATE_BUCKET).values(key=limit.key, tat=now + gap)
-            stmt = upsert.on_conflict_do_update(
-                index_elements=[RATE_BUCKET.c.key],
-                set_={"tat": self._greatest(RATE_BUCKET.c.tat, now) + gap},
-            ).returning(RATE_BUCKET.c.tat)
-            tat = float(conn.execute(stmt).scalar_one())
+            tat = take_slot(conn, key=limit.key, now=now, gap=gap)
         return max(now, tat - gap - tolerance)
 
     def hold(self, key: str, seconds: float) -> None:
         """Send nothing on ``key`` for ``seconds`` (the provider said to wait)."""
         until = self.clock() + seconds
-        upsert = self._insert(RATE_BUCKET).values(key=key, tat=until)
-        stmt = upsert.on_conflict_do_update(
-            index_elements=[RATE_BUCKET.c.key], set_={"tat": self._greatest(RATE_BUCKET.c.tat, until)}
-        )
         with self.db.begin() as conn:
-            conn.execute(stmt)
+            hold_bucket(conn, key=key, until=until)
 
     def held_for(self, key: str) -> float:
         """Seconds until ``key``'s next free slot (0 when it is free now)."""
         with self.db.connect() as conn:
-            tat = conn.execute(select(RATE_BUCKET.c.tat).where(RATE_BUCKET.c.key == key)).scalar()
-        return max(0.0, float(tat) - self.clock()) if tat is not None else 0.0
+            tat = bucket_tat(conn, key=key)
+        return max(0.0, tat - self.clock()) if tat is not None else 0.0
 
     def prune(self, *, idle_for: float = 3600.0) -> int:
         """Forget buckets idle for ``idle_for`` seconds (one-off chats); how many went."""
         with self.db.begin() as conn:
-            gone = conn.execute(delete(RATE_BUCKET).where(RATE_BUCKET.c.tat < self.clock() - idle_for))
-        return int(gone.rowcount or 0)
+            return prune_buckets(conn, before=self.clock() - idle_for)

@@ -28,17 +28,8 @@ ORMS = frozenset({"sqlalchemy", "sqlmodel"})
 # in the change that owns it. Nothing may join this list.
 KNOWN_SQL_OUTSIDE_STORAGE = frozenset(
     {
-        "dialogs.advisor",
         "schedulers.audience",
-        "schedulers.billing",
-        "schedulers.broadcasts.facts",
-        "schedulers.broadcasts.lifecycle",
-        "schedulers.broadcasts.report",
         "schedulers.delivery",
-        "schedulers.leader",
-        "schedulers.nudges",
-        "schedulers.proactive",
-        "schedulers.ratelimit",
     }
 )
 

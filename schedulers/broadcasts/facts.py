@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from dialogs.advisor import Advisor, decline_holds
 from plans.fit import Catalog, Fit, fit_batch, needs_from, read_usage, usage_batch, usage_query
@@ -22,7 +22,7 @@ from schedulers.audience import CUSTOMER_COLUMNS
 from schedulers.audience import contacts as audience_contacts
 from schedulers.policy import Contact, Decision, PolicyConfig, decide
 from schedulers.segment_filter import Node, Term, evaluate
-from storage.tables import CUSTOMER, PLAN_DECLINE, PREFERENCE
+from storage import broadcast_queries
 
 SEGMENT = "segment"  # the exclusion reason of customers outside the segment
 
@@ -95,22 +95,15 @@ def facts_batch(
     catalog = advisor.catalog(conn)
     usage_of = usage_query(catalog.metrics)
     lookback = advisor.config.fit.lookback
-    customers = conn.execute(
-        select(*CUSTOMER_COLUMNS)
-        .where(CUSTOMER.c.id > after, CUSTOMER.c.erased_at.is_(None))
-        .order_by(CUSTOMER.c.id)
-        .limit(batch_size)
-    ).all()
+    customers = broadcast_queries.customers_after(
+        conn, columns=CUSTOMER_COLUMNS, after=after, limit=batch_size
+    )
     if not customers:
         return []
     lo, hi = customers[0].id, customers[-1].id
     ids = [c.id for c in customers]
     prefs: dict[int, dict[str, Any]] = defaultdict(dict)
-    for cid, key, value in conn.execute(
-        select(PREFERENCE.c.customer_id, PREFERENCE.c.key, PREFERENCE.c.value).where(
-            PREFERENCE.c.customer_id.between(lo, hi)
-        )
-    ):
+    for cid, key, value in broadcast_queries.preferences_between(conn, lo=lo, hi=hi):
         prefs[cid][key] = value
     batch = usage_batch(ids, read_usage(conn, usage_of, lo, hi), catalog.metrics, lookback)
     current = [c.current_plan_id for c in customers]
@@ -155,11 +148,7 @@ def _months_over(catalog: Catalog, quantity: Any, months: Any, current: Sequence
 
 
 def _declines(conn: Connection, lo: int, hi: int, since: datetime) -> dict[int, list[tuple[str, Any]]]:
-    rows = conn.execute(
-        select(PLAN_DECLINE.c.customer_id, PLAN_DECLINE.c.plan_id, PLAN_DECLINE.c.usage)
-        .where(PLAN_DECLINE.c.customer_id.between(lo, hi), PLAN_DECLINE.c.declined_at > since)
-        .order_by(PLAN_DECLINE.c.declined_at.desc())
-    )
+    rows = broadcast_queries.declines_between(conn, lo=lo, hi=hi, since=since)
     found: dict[int, list[tuple[str, Any]]] = defaultdict(list)
     for cid, plan_id, usage in rows:
         found[cid].append((plan_id, usage))

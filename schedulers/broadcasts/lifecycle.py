@@ -13,7 +13,7 @@ from datetime import datetime, time, timedelta
 from typing import Any
 
 from jinja2 import Template
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine
 
 from dialogs.advisor import Advisor
 from plans.fit import Catalog
@@ -24,9 +24,9 @@ from schedulers.broadcasts.templates import compile_template, is_offer, render, 
 from schedulers.policy import PolicyConfig, Window, local_zone, next_in_window
 from schedulers.proactive import SUGGESTION_INTENT, await_answers
 from schedulers.segment_filter import Node, check_metrics, evaluate, parse
-from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT, BroadcastStatus, RecipientStatus
+from storage import broadcast_queries
+from storage.broadcast_models import BroadcastStatus, RecipientStatus
 from storage.models import DeliveryStatus, Direction
-from storage.tables import MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -56,27 +56,14 @@ def _move(conn: Connection, broadcast_id: int, to: BroadcastStatus, **values: An
     current state: one conditional UPDATE, so a concurrent move is never overwritten. Whether
     it moved."""
     sources = [state for state, targets in TRANSITIONS.items() if to in targets]
-    moved = conn.execute(
-        update(BROADCAST)
-        .where(BROADCAST.c.id == broadcast_id, BROADCAST.c.status.in_(sources))
-        .values(status=to, **values)
-        .returning(BROADCAST.c.id)
-    ).first()
-    return moved is not None
+    return broadcast_queries.move_broadcast(
+        conn, broadcast_id=broadcast_id, to=to, sources=sources, values=values
+    )
 
 
 def message_counts(conn: Connection, broadcast_id: int) -> dict[str, int]:
     """The broadcast's messages by delivery status."""
-    rec = BROADCAST_RECIPIENT
-    return {
-        str(s): int(n)
-        for s, n in conn.execute(
-            select(MESSAGE.c.status, func.count())
-            .select_from(rec.join(MESSAGE, MESSAGE.c.id == rec.c.message_id))
-            .where(rec.c.broadcast_id == broadcast_id)
-            .group_by(MESSAGE.c.status)
-        )
-    }
+    return broadcast_queries.message_counts(conn, broadcast_id=broadcast_id)
 
 
 def progress(stored: str, messages: Mapping[str, int]) -> str:
@@ -103,10 +90,7 @@ def settle(db: Engine) -> dict[int, str]:
     current. The broadcasts that moved, with their new state."""
     moved: dict[int, str] = {}
     with db.begin() as conn:
-        rows = conn.execute(
-            select(BROADCAST.c.id, BROADCAST.c.status).where(BROADCAST.c.status.in_(_PREPARED))
-        )
-        for row in [dict(r._mapping) for r in rows]:
+        for row in broadcast_queries.broadcasts_in(conn, states=_PREPARED):
             new = state_of(conn, row)
             if new != row["status"] and _move(conn, row["id"], S(new)):
                 moved[row["id"]] = new
@@ -128,30 +112,18 @@ def create(
         except ValueError as exc:
             raise BroadcastError(f"segment: {exc}") from None
         compile_template(template, catalog)
-        return int(
-            conn.execute(
-                insert(BROADCAST)
-                .values(
-                    name=name,
-                    segment=segment,
-                    template=template,
-                    created_by=created_by,
-                    created_at=now,
-                    status=BroadcastStatus.DRAFT,
-                )
-                .returning(BROADCAST.c.id)
-            ).scalar_one()
+        return broadcast_queries.add_broadcast(
+            conn, name=name, segment=segment, template=template, created_by=created_by, now=now
         )
 
 
 def get(conn: Connection, broadcast_id: int, *, lock: bool = False) -> Mapping[str, Any]:
     """The broadcast row (locked for the transaction with ``lock``); BroadcastError when there
     is none."""
-    query = select(BROADCAST).where(BROADCAST.c.id == broadcast_id)
-    row = conn.execute(query.with_for_update() if lock else query).first()
+    row = broadcast_queries.broadcast_row(conn, broadcast_id=broadcast_id, lock=lock)
     if row is None:
         raise BroadcastError(f"no broadcast {broadcast_id}")
-    return dict(row._mapping)
+    return row
 
 
 @dataclass(slots=True)
@@ -216,10 +188,8 @@ def send(
             raise BroadcastError(f"broadcast {broadcast_id} is {state}")
         compile_template(row["template"], advisor.catalog(conn))
         waiting = start > now
-        conn.execute(
-            update(BROADCAST)
-            .where(BROADCAST.c.id == broadcast_id)
-            .values(scheduled_at=start, local_time=local_time)
+        broadcast_queries.schedule_broadcast(
+            conn, broadcast_id=broadcast_id, scheduled_at=start, local_time=local_time
         )
         if waiting:
             _move(conn, broadcast_id, S.WAITING)
@@ -235,15 +205,9 @@ def prepare_due(db: Engine, advisor: Advisor, config: PolicyConfig, now: datetim
     prepared); what each queued. One that cannot be prepared (its segment or template no longer
     fits the catalog) is marked ``failed`` and does not hold up the others."""
     with db.connect() as conn:
-        due = conn.execute(
-            select(BROADCAST.c.id)
-            .where(
-                BROADCAST.c.status.in_((BroadcastStatus.WAITING, BroadcastStatus.PREPARING)),
-                BROADCAST.c.scheduled_at <= now,
-            )
-            .order_by(BROADCAST.c.scheduled_at, BROADCAST.c.id)
-        ).scalars()
-        ids = list(due)
+        ids = broadcast_queries.due_broadcasts(
+            conn, states=(BroadcastStatus.WAITING, BroadcastStatus.PREPARING), now=now
+        )
     reports: dict[int, SendReport] = {}
     if ids and not config.channels:  # they wait until a channel is configured
         log.warning("%d broadcast(s) due, not prepared: %s", len(ids), NO_CHANNEL_CONFIGURED)
@@ -320,14 +284,7 @@ def _send_batch(
     report: SendReport,
 ) -> None:
     lo, hi = batch[0].customer_id, batch[-1].customer_id
-    done = set(
-        conn.execute(
-            select(BROADCAST_RECIPIENT.c.customer_id).where(
-                BROADCAST_RECIPIENT.c.broadcast_id == broadcast_id,
-                BROADCAST_RECIPIENT.c.customer_id.between(lo, hi),
-            )
-        ).scalars()
-    )
+    done = broadcast_queries.recipients_between(conn, broadcast_id=broadcast_id, lo=lo, hi=hi)
     messages: list[dict[str, Any]] = []
     queued_for: list[tuple[int, str | None]] = []
     offered: dict[int, str] = {}  # customer -> the plan the message offers
@@ -384,7 +341,7 @@ def _send_batch(
         queued_for.append((facts.customer_id, None if decision.allowed else decision.reason))
     recipients = excluded
     if messages:
-        ids = _insert_messages(conn, messages)
+        ids = broadcast_queries.add_messages(conn, messages)
         recipients += [
             {
                 "broadcast_id": broadcast_id,
@@ -396,28 +353,9 @@ def _send_batch(
             }
             for cid, reason in queued_for
         ]
-    if recipients:
-        conn.execute(insert(BROADCAST_RECIPIENT), recipients)
+    broadcast_queries.add_recipients(conn, recipients)
     if offered:
         await_answers(conn, offered)
-
-
-def _insert_messages(conn: Connection, messages: list[dict[str, Any]]) -> dict[int, int]:
-    """Insert a batch of messages (one per customer); customer id -> message id."""
-    if conn.dialect.name == "postgresql":
-        # Ids drawn from the sequence first, then a plain executemany (pipelined by psycopg):
-        # half the time of a multi-row INSERT ... RETURNING.
-        sequence = func.pg_get_serial_sequence(MESSAGE.name, MESSAGE.c.id.name)
-        drawn = conn.execute(
-            select(func.nextval(sequence)).select_from(func.generate_series(1, len(messages)))
-        )
-        for message, message_id in zip(messages, drawn.scalars(), strict=True):
-            message["id"] = message_id
-        conn.execute(insert(MESSAGE), messages)
-        return {m["customer_id"]: m["id"] for m in messages}
-    # SQLite: one statement; ids matched by customer (asking SQLAlchemy for the rows' order
-    # would make it insert row by row).
-    return dict(iter(conn.execute(insert(MESSAGE).returning(MESSAGE.c.customer_id, MESSAGE.c.id), messages)))
 
 
 def cancel(db: Engine, broadcast_id: int, now: datetime) -> int:
@@ -428,25 +366,6 @@ def cancel(db: Engine, broadcast_id: int, now: datetime) -> int:
         row = get(conn, broadcast_id, lock=True)  # waits for a batch being queued, stops the next
         if state_of(conn, row) == S.DONE:
             raise BroadcastError(f"broadcast {broadcast_id} is done; nothing left to cancel")
-        mine = select(BROADCAST_RECIPIENT.c.message_id).where(
-            BROADCAST_RECIPIENT.c.broadcast_id == broadcast_id, BROADCAST_RECIPIENT.c.message_id.is_not(None)
-        )
-        ids = list(
-            conn.execute(
-                update(MESSAGE)
-                .where(MESSAGE.c.id.in_(mine), MESSAGE.c.status == DeliveryStatus.QUEUED)
-                .values(status=CANCELLED, next_attempt_at=None)
-                .returning(MESSAGE.c.id)
-            ).scalars()
-        )
-        if ids:
-            conn.execute(
-                update(BROADCAST_RECIPIENT)
-                .where(
-                    BROADCAST_RECIPIENT.c.broadcast_id == broadcast_id,
-                    BROADCAST_RECIPIENT.c.message_id.in_(ids),
-                )
-                .values(status=RecipientStatus.CANCELLED)
-            )
+        cancelled = broadcast_queries.cancel_queued(conn, broadcast_id=broadcast_id)
         _move(conn, broadcast_id, S.CANCELLED, cancelled_at=now)  # cancelled already: stays so
-        return len(ids)
+        return cancelled

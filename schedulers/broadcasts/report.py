@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Table, exists, func, select
+from sqlalchemy import Engine
 
 from dialogs.advisor import Advisor
 from dialogs.sms_segments import Estimate, estimate
@@ -22,9 +22,8 @@ from schedulers.broadcasts.templates import compile_template, render, template_c
 from schedulers.policy import PolicyConfig
 from schedulers.proactive import SUGGESTION_INTENT
 from schedulers.segment_filter import parse
-from storage.broadcast_models import BROADCAST, BROADCAST_RECIPIENT, RecipientStatus
-from storage.models import DeliveryStatus, Direction
-from storage.tables import MESSAGE, PLAN_DECLINE, SWITCH_REQUEST
+from storage import broadcast_queries
+from storage.models import DeliveryStatus
 
 
 @dataclass(slots=True)
@@ -155,58 +154,23 @@ def status(db: Engine, broadcast_id: int) -> Status:
     (:func:`~schedulers.broadcasts.lifecycle.progress`), never written here."""
     with db.connect() as conn:
         row = get(conn, broadcast_id)
-        rec = BROADCAST_RECIPIENT
         messages = message_counts(conn, broadcast_id)
-        excluded = {
-            str(r): int(n)
-            for r, n in conn.execute(
-                select(rec.c.reason, func.count())
-                .where(rec.c.broadcast_id == broadcast_id, rec.c.status == RecipientStatus.EXCLUDED)
-                .group_by(rec.c.reason)
-            )
-        }
-        recipients = int(
-            conn.execute(select(func.count()).where(rec.c.broadcast_id == broadcast_id)).scalar_one()
+        excluded = broadcast_queries.excluded_by_reason(conn, broadcast_id=broadcast_id)
+        recipients = broadcast_queries.recipient_count(conn, broadcast_id=broadcast_id)
+        accepted = broadcast_queries.answered_offers(
+            conn, broadcast_id=broadcast_id, offer_intent=SUGGESTION_INTENT, answer="accepted"
         )
-        accepted = _answered(conn, broadcast_id, SWITCH_REQUEST, SWITCH_REQUEST.c.created_at)
-        declined = _answered(conn, broadcast_id, PLAN_DECLINE, PLAN_DECLINE.c.declined_at)
+        declined = broadcast_queries.answered_offers(
+            conn, broadcast_id=broadcast_id, offer_intent=SUGGESTION_INTENT, answer="declined"
+        )
     state = progress(row["status"], messages)
     return Status(broadcast_id, row["name"], state, recipients, messages, excluded, accepted, declined)
-
-
-def _answered(conn: Connection, broadcast_id: int, answers: Table, at: ColumnElement[Any]) -> int:
-    """Recipients whose answer (a switch request or a decline) was to this broadcast's offer:
-    given after the offer went out and before any later plan suggestion to them."""
-    rec, offer, later = BROADCAST_RECIPIENT, MESSAGE.alias("offer"), MESSAGE.alias("later")
-    superseded = exists().where(
-        later.c.customer_id == answers.c.customer_id,
-        later.c.direction == Direction.OUT,
-        later.c.intent == SUGGESTION_INTENT,
-        later.c.sent_at > offer.c.sent_at,
-        later.c.sent_at <= at,
-    )
-    query = (
-        select(func.count(func.distinct(answers.c.customer_id)))
-        .select_from(rec)
-        .join(offer, offer.c.id == rec.c.message_id)
-        .join(answers, answers.c.customer_id == rec.c.customer_id)
-        .where(
-            rec.c.broadcast_id == broadcast_id,
-            offer.c.intent == SUGGESTION_INTENT,
-            offer.c.sent_at.is_not(None),
-            at >= offer.c.sent_at,
-            ~superseded,
-        )
-    )
-    return int(conn.execute(query).scalar_one())
 
 
 def list_broadcasts(db: Engine) -> list[dict[str, Any]]:
     """Every broadcast, newest first, each with its state now (:func:`state_of`)."""
     with db.connect() as conn:
-        rows: list[dict[str, Any]] = [
-            dict(r._mapping) for r in conn.execute(select(BROADCAST).order_by(BROADCAST.c.id.desc()))
-        ]
+        rows: list[dict[str, Any]] = broadcast_queries.broadcasts(conn)
         for row in rows:
             row["status"] = state_of(conn, row)
     return rows
