@@ -19,7 +19,7 @@ def test_first_message_greets_and_asks_the_top_question_only(dialog: DialogEngin
     replies = Texter(dialog).say("hi")
     assert replies[0].intent == "greeting"
     assert question_of(replies) == "contact_channel"
-    assert [o.label for o in replies[-1].options] == ["text message", "Telegram", "email"]
+    assert [o.label for o in replies[-1].options] == ["text message", "Telegram", "email", "WhatsApp"]
 
 
 def test_answer_is_stored_with_provenance_and_next_question_follows(dialog: DialogEngine) -> None:
