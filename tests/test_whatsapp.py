@@ -4,21 +4,25 @@ local stand-in, webhooks signed with twilio's RequestValidator, on SQLite and Po
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import insert, select, update
+from sqlalchemy import Engine, insert, select, update
 
 from bot.settings import Settings
 from bot.whatsapp_templates import TemplateError, load_templates
 from dialogs import texts
-from schedulers.audience import contact_of
-from schedulers.policy import PolicyConfig, Skip, decide
+from dialogs.engine import DialogEngine
+from schedulers.audience import contact_of, pick_channel
+from schedulers.nudges import NudgeConfig, nudge
+from schedulers.policy import PolicyConfig, Skip, decide, whatsapp_refusal
 from storage.models import DeliveryStatus, Direction, utcnow
+from storage.outreach_models import OUTREACH_EVENT
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE
 from tests.twilio_standin import CUSTOMER_PHONE, WHATSAPP_FROM, SmsApp, serve_sms_app
+from tests.utils import Texter
 
 WA = f"whatsapp:{CUSTOMER_PHONE}"
 SUGGESTION_SID = "HX" + "a" * 32
@@ -267,3 +271,74 @@ def test_the_templates_file_is_checked_at_start_up(tmp_path: Path) -> None:
     assert rendered is not None
     assert rendered.render(name=None, text="Hi", company="Co") == {"1": "there", "2": "Hi"}
     assert json.loads(json.dumps(rendered.variables)) == {"1": "{name}", "2": "{text}"}
+
+
+LAST_WORD = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # 10:00 in New York
+CHANNELS = frozenset({"sms", "whatsapp"})
+
+
+def _whatsapp_half_done(dialog: DialogEngine) -> Texter:
+    """A customer who chose WhatsApp on WhatsApp (their opt-in) at LAST_WORD, then went quiet."""
+    texter = Texter(dialog, CUSTOMER_PHONE, channel="whatsapp", phone=CUSTOMER_PHONE, now=LAST_WORD)
+    texter.send("hi", after=timedelta(minutes=-2))
+    texter.send("WhatsApp")
+    with dialog.db.begin() as conn:
+        conn.execute(update(CUSTOMER).values(marketing_consent=True, timezone="America/New_York"))
+    return texter
+
+
+def _events(db: Engine) -> list[tuple[str, str | None]]:
+    with db.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(OUTREACH_EVENT.c.kind, OUTREACH_EVENT.c.reason))]
+
+
+def test_a_nudge_outside_the_window_without_a_template_goes_by_sms_with_the_reason(
+    db: Engine, dialog: DialogEngine
+) -> None:
+    _whatsapp_half_done(dialog)
+    with db.connect() as conn:
+        session = conn.execute(select(CUSTOMER.c.whatsapp_session_at, CUSTOMER.c.whatsapp_opt_in_at)).one()
+    assert session[0] is not None and session[1] is not None
+    report = nudge(
+        db,
+        dialog.bank,
+        NudgeConfig(),
+        PolicyConfig(cap=10, channels=CHANNELS),
+        LAST_WORD + timedelta(hours=49),
+    )
+    assert report.queued == 1
+    with db.connect() as conn:
+        (channel, address) = conn.execute(
+            select(MESSAGE.c.channel, MESSAGE.c.address).where(MESSAGE.c.intent == "nudge")
+        ).one()
+    assert (channel, address) == ("sms", CUSTOMER_PHONE)
+    assert ("nudge_queued", Skip.WHATSAPP_NO_TEMPLATE) in _events(db)
+
+
+def test_a_nudge_with_a_template_stays_on_whatsapp(db: Engine, dialog: DialogEngine) -> None:
+    _whatsapp_half_done(dialog)
+    config = PolicyConfig(cap=10, channels=CHANNELS, whatsapp_templates=frozenset({"nudge"}))
+    assert nudge(db, dialog.bank, NudgeConfig(), config, LAST_WORD + timedelta(hours=49)).queued == 1
+    with db.connect() as conn:
+        channel = conn.execute(select(MESSAGE.c.channel).where(MESSAGE.c.intent == "nudge")).scalar_one()
+    assert channel == "whatsapp"
+    assert ("nudge_queued", None) in _events(db)
+
+
+def test_whatsapp_refusal_rules() -> None:
+    config = PolicyConfig(whatsapp_templates=frozenset({"suggestion"}))
+    now = LAST_WORD
+
+    def refusal(opted_in: bool, hours_ago: float | None, intent: str) -> str | None:
+        session = None if hours_ago is None else now - timedelta(hours=hours_ago)
+        return whatsapp_refusal(opted_in=opted_in, session_at=session, intent=intent, now=now, config=config)
+
+    assert refusal(False, 1, "nudge") == Skip.WHATSAPP_NO_OPT_IN
+    assert refusal(True, 23.9, "nudge") is None
+    assert refusal(True, 24, "nudge") == Skip.WHATSAPP_NO_TEMPLATE
+    assert refusal(True, None, "nudge") == Skip.WHATSAPP_NO_TEMPLATE
+    assert refusal(True, 48, "suggestion") is None
+    assert pick_channel("whatsapp", None, None, email=None, phone=CUSTOMER_PHONE) == (
+        "whatsapp",
+        CUSTOMER_PHONE,
+    )
