@@ -21,7 +21,7 @@ from schedulers.policy import PolicyConfig, Skip, decide, whatsapp_refusal
 from storage.models import DeliveryStatus, Direction, utcnow
 from storage.outreach_models import OUTREACH_EVENT
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE
-from tests.twilio_standin import CUSTOMER_PHONE, WHATSAPP_FROM, SmsApp, serve_sms_app
+from tests.twilio_standin import CUSTOMER_PHONE, WHATSAPP_FROM, Sent, SmsApp, serve_sms_app
 from tests.utils import Texter
 
 WA = f"whatsapp:{CUSTOMER_PHONE}"
@@ -39,6 +39,11 @@ def _templates(tmp_path: Path) -> Path:
 
 def _out(app: SmsApp) -> list[object]:
     return app.rows(MESSAGE.c.direction == Direction.OUT, MESSAGE.c.channel == "whatsapp")
+
+
+def _replies(app: SmsApp) -> list[Sent]:
+    """Every WhatsApp message to the customer, once all the replies queued so far went out."""
+    return app.standin.wait_for_whatsapp(CUSTOMER_PHONE, len(_out(app)))
 
 
 def _customer(app: SmsApp) -> object:
@@ -86,9 +91,9 @@ def _age_session(app: SmsApp, hours: float) -> None:
 def _choose_whatsapp(app: SmsApp) -> None:
     """A conversation on WhatsApp in which the customer picks WhatsApp (their opt-in)."""
     app.whatsapp("hi", sid="SMw1")
-    app.standin.wait_for_whatsapp(CUSTOMER_PHONE, 2)
+    _replies(app)
     app.whatsapp("4", sid="SMw2")
-    app.standin.wait_for_whatsapp(CUSTOMER_PHONE, 3)
+    _replies(app)
 
 
 def test_a_whatsapp_conversation_with_buttons_joins_the_customer_by_phone(db_url: str) -> None:
@@ -96,7 +101,7 @@ def test_a_whatsapp_conversation_with_buttons_joins_the_customer_by_phone(db_url
         app.sms("hi", sid="SMsms1")  # known by SMS first
         app.standin.wait_for(CUSTOMER_PHONE, 2)
         app.whatsapp("hello again", sid="SMw1", path="/sms/inbound")  # the same webhook works too
-        question = app.standin.wait_for_whatsapp(CUSTOMER_PHONE, 1)[-1]
+        question = _replies(app)[-1]
         # Four options: numbered text, free-form in the window, from the WhatsApp sender.
         assert question.body.endswith("3 for email, 4 for WhatsApp.")
         assert question.content_sid is None and question.sender == f"whatsapp:{WHATSAPP_FROM}"
@@ -105,7 +110,7 @@ def test_a_whatsapp_conversation_with_buttons_joins_the_customer_by_phone(db_url
         assert {channel for channel, _ in owners} == {"sms", "whatsapp"}
         assert len({customer for _, customer in owners}) == 1  # one customer, joined by E.164
         app.whatsapp("4", sid="SMw2")
-        assert "Got it: WhatsApp." in app.standin.wait_for_whatsapp(CUSTOMER_PHONE, 2)[-1].body
+        assert "Got it: WhatsApp." in _replies(app)[-1].body
         customer = _customer(app)
         assert customer.whatsapp_opt_in_at is not None  # type: ignore[attr-defined]
         assert customer.whatsapp_session_at is not None  # type: ignore[attr-defined]
@@ -145,7 +150,7 @@ def test_stop_start_and_help_on_whatsapp(db_url: str) -> None:
 def test_a_location_or_picture_is_answered_as_on_other_channels(db_url: str) -> None:
     with serve_sms_app(db_url, whatsapp=True) as app:
         app.whatsapp("hi", sid="SMl1")
-        question = app.standin.wait_for_whatsapp(CUSTOMER_PHONE, 2)[-1].body
+        question = _replies(app)[-1].body
         app.whatsapp("", sid="SMl2", Latitude="37.78", Longitude="-122.41", MessageType="location")
         bodies = [s.body for s in app.standin.wait_for_whatsapp(CUSTOMER_PHONE, 4)]
         assert bodies[2:] == [texts.TEXT_ONLY, question]
@@ -219,7 +224,7 @@ def test_the_policy_sends_by_sms_when_whatsapp_cannot_take_the_message(db_url: s
 def test_no_opt_in_no_business_initiated_whatsapp(db_url: str) -> None:
     with serve_sms_app(db_url, whatsapp=True) as app:
         app.whatsapp("hi", sid="SMo1")  # wrote, but never agreed to hear from us there
-        app.standin.wait_for_whatsapp(CUSTOMER_PHONE, 2)
+        _replies(app)
         customer = _customer(app)
         assert customer.whatsapp_opt_in_at is None  # type: ignore[attr-defined]
         with app.runtime.db.connect() as conn:
@@ -342,3 +347,20 @@ def test_whatsapp_refusal_rules() -> None:
         "whatsapp",
         CUSTOMER_PHONE,
     )
+
+
+def test_marketing_refused_with_63016_goes_again_as_its_template_never_free_form(
+    db_url: str, tmp_path: Path
+) -> None:
+    with serve_sms_app(db_url, whatsapp=True, whatsapp_templates=_templates(tmp_path)) as app:
+        _choose_whatsapp(app)
+        # Twilio's view: the customer last wrote a day ago (ours still says the window is open).
+        app.standin.open_session(CUSTOMER_PHONE, at=utcnow().timestamp() - 25 * 3600)
+        before = len(app.standin.whatsapp(CUSTOMER_PHONE))
+        message_id = _queue(app, "Plan S saves you $12 a month.", marketing=True)
+        app.wait_until(lambda: app.rows(MESSAGE.c.id == message_id)[0].status == "delivered")
+        (row,) = app.rows(MESSAGE.c.id == message_id)
+        assert row.attempts == 2
+        sent = app.standin.whatsapp(CUSTOMER_PHONE)[before:]
+        assert [s.content_sid for s in sent] == [SUGGESTION_SID]
+        assert _customer(app).whatsapp_session_at is None  # type: ignore[attr-defined]

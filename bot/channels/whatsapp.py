@@ -13,8 +13,9 @@ window a message goes free-form, its choices as quick-reply buttons (at most 3, 
 the window a business-initiated (marketing) message goes only as the approved template configured
 for its intent (``ContentSid`` and ``ContentVariables``, :mod:`bot.whatsapp_templates`); without
 one it is not sent (failed, with the reason; the contact policy had already moved such messages to
-SMS where it could). Twilio's error 63016 (free-form outside the window) fails the message with
-the reason and closes the customer's window: it is never retried as free-form.
+SMS where it could). Twilio's error 63016 (free-form outside the window) closes the customer's
+window and fails the message with the reason, or, for marketing with a template, sends it again as
+the template: never again as free-form.
 """
 
 from __future__ import annotations
@@ -188,6 +189,17 @@ class WhatsAppSender(TwilioSender):
         except TwilioRestException as exc:
             if str(exc.code or "") == OUTSIDE_WINDOW:
                 self._window_closed(message)
+                if (
+                    message.marketing
+                    and "content_variables" not in content
+                    and self.templates.get(message.intent)
+                ):
+                    # Our window was wrong: try again, as the template now that it is closed.
+                    raise SendError(
+                        f"Twilio error 63016: outside the 24-hour WhatsApp session window; sent again "
+                        f"as the {message.intent!r} template, never free-form ({exc.msg})",
+                        retryable=True,
+                    ) from None
                 raise SendError(
                     f"Twilio error 63016: outside the customer's 24-hour WhatsApp session window; a "
                     f"free-form message cannot go (only a template), not retried ({exc.msg})",
