@@ -230,7 +230,10 @@ class TwilioStandin:
             with self._lock:
                 reply = self.contents.get(content_sid)
             if reply is not None:  # a quick reply: free-form, in the window only
+                variables = json.loads(form.get("ContentVariables") or "{}")
                 body = reply["body"]
+                for key, value in (variables or {}).items():
+                    body = body.replace("{{" + key + "}}", value)
                 buttons = tuple((a["title"], a["id"]) for a in reply["actions"])
             elif not content_sid.startswith("HX"):
                 return 400, _error(400, 21656, "The ContentSid is invalid"), {}

@@ -9,13 +9,13 @@ session window (:mod:`storage.whatsapp`). A quick-reply button press arrives as 
 
 Out (:class:`WhatsAppSender`): ``whatsapp:`` addresses on the Messages API. Inside the session
 window a message goes free-form, its choices as quick-reply buttons (at most 3, a Content API
-``twilio/quick-reply`` made once per wording and kept) or, with more, as numbered text. Outside
-the window a business-initiated (marketing) message goes only as the approved template configured
-for its intent (``ContentSid`` and ``ContentVariables``, :mod:`bot.whatsapp_templates`); without
-one it is not sent (failed, with the reason; the contact policy had already moved such messages to
-SMS where it could). Twilio's error 63016 (free-form outside the window) closes the customer's
-window and fails the message with the reason, or, for marketing with a template, sends it again as
-the template: never again as free-form.
+``twilio/quick-reply`` made once per set of buttons, the text as its variable) or, with more, as
+numbered text. Outside the window a business-initiated (marketing) message goes only as the
+approved template configured for its intent (``ContentSid`` and ``ContentVariables``,
+:mod:`bot.whatsapp_templates`); without one it is not sent (failed, with the reason; the contact
+policy had already moved such messages to SMS where it could). Twilio's error 63016 (free-form
+outside the window) closes the customer's window and fails the message with the reason, or, for
+marketing with a template, sends it again as the template: never again as free-form.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "whatsapp"
 MAX_BUTTONS = 3  # WhatsApp quick replies
 MAX_BUTTON_TITLE = 20
+MAX_BUTTON_BODY = 1024
 MAX_BODY = 1600
 OUTSIDE_WINDOW = "63016"  # Twilio: free-form message outside the 24-hour window
 
@@ -98,7 +99,7 @@ class WhatsAppSender(TwilioSender):
         self.db = db
         self.templates = templates
         self.company = company
-        self._buttons: dict[str, str] = {}  # wording digest -> Content SID of its quick reply
+        self._buttons: dict[str, str] = {}  # buttons digest -> Content SID of its quick reply
         self._buttons_lock = threading.Lock()
 
     async def send(self, message: Outgoing) -> str:
@@ -138,22 +139,24 @@ class WhatsAppSender(TwilioSender):
                 return self._template(template, message, session.name)
         options = message.options
         if 1 <= len(options) <= MAX_BUTTONS:
-            sid = self._quick_reply(message.text, options)
+            sid = self._quick_reply(options)
             if sid is not None:
-                return {"content_sid": sid}
+                variables = {"1": message.text[:MAX_BUTTON_BODY]}
+                return {"content_sid": sid, "content_variables": json.dumps(variables)}
         return {"body": render(message.text, options)[:MAX_BODY]}
 
     def _template(self, template: Template, message: Outgoing, name: str | None) -> dict[str, str]:
         variables = template.render(name=name, text=message.text, company=self.company)
         return {"content_sid": template.content_sid, "content_variables": json.dumps(variables)}
 
-    def _quick_reply(self, text: str, options: tuple[ReplyOption, ...]) -> str | None:
-        """The Content SID of a quick reply with this text and these buttons (made once and kept);
-        None when the Content API fails (the choices then go as numbered text)."""
+    def _quick_reply(self, options: tuple[ReplyOption, ...]) -> str | None:
+        """The Content SID of a quick reply with these buttons and the text as variable 1 (made
+        once per set of buttons and kept); None when the Content API fails (the choices then go
+        as numbered text)."""
         actions = [
             {"type": "QUICK_REPLY", "title": o.label[:MAX_BUTTON_TITLE], "id": o.value} for o in options
         ]
-        key = hashlib.sha256(json.dumps([text, actions]).encode()).hexdigest()[:32]
+        key = hashlib.sha256(json.dumps(actions).encode()).hexdigest()[:32]
         with self._buttons_lock:
             known = self._buttons.get(key)
         if known is not None:
@@ -162,8 +165,8 @@ class WhatsAppSender(TwilioSender):
             {
                 "friendly_name": f"rapport_qr_{key}",
                 "language": "en",
-                "variables": {},
-                "types": {"twilio/quick-reply": {"body": text[:1024], "actions": actions}},
+                "variables": {"1": "Your answer?"},  # a sample, as the Content API asks
+                "types": {"twilio/quick-reply": {"body": "{{1}}", "actions": actions}},
             }
         )
         try:
