@@ -364,3 +364,20 @@ def test_marketing_refused_with_63016_goes_again_as_its_template_never_free_form
         sent = app.standin.whatsapp(CUSTOMER_PHONE)[before:]
         assert [s.content_sid for s in sent] == [SUGGESTION_SID]
         assert _customer(app).whatsapp_session_at is None  # type: ignore[attr-defined]
+
+
+def test_bad_whatsapp_webhooks_get_a_clear_4xx_and_nothing_is_stored(db_url: str) -> None:
+    with serve_sms_app(db_url, whatsapp=True) as app:
+        form = {"MessageSid": "SMbad1", "From": WA, "To": f"whatsapp:{WHATSAPP_FROM}", "Body": "hi"}
+        assert app.post("/whatsapp/inbound", form, signature="forged").status_code == 403
+        assert app.post("/whatsapp/inbound", {**form, "From": "whatsapp:not-a-number"}).status_code == 400
+        assert app.post("/whatsapp/inbound", {**form, "ButtonPayload": "x\x00"}).status_code == 400
+        assert app.rows() == []
+        # Twilio's statuses for WhatsApp ("read" included) come to the one record_status.
+        app.whatsapp("hi", sid="SMok1")
+        first = _replies(app)[0]
+        app.wait_until(lambda: _out(app)[0].status == "delivered")  # type: ignore[attr-defined]
+        read = {"MessageSid": first.sid, "MessageStatus": "read", "To": WA}
+        assert app.post("/whatsapp/status", read).status_code == 204
+        assert app.post("/whatsapp/status", {**read, "MessageStatus": "r\x00"}).status_code == 400
+        assert _out(app)[0].status == "delivered"  # type: ignore[attr-defined]
