@@ -38,11 +38,21 @@ def components(
             "set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER (or TWILIO_MESSAGING_SERVICE_SID) "
             "and PUBLIC_BASE_URL to turn it on",
         )
+    if "whatsapp" in running:
+        whatsapp = Component("whatsapp (twilio)", True, f"webhook {public}/whatsapp/inbound")
+    else:
+        whatsapp = Component(
+            "whatsapp (twilio)",
+            False,
+            "set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_WHATSAPP_FROM (or "
+            "TWILIO_WHATSAPP_MESSAGING_SERVICE_SID) and PUBLIC_BASE_URL to turn it on",
+        )
     return [
         Component("web app", True, f"http://{host}:{port}/healthz"),
         Component("terminal chat", True, "rapport chat --phone +14155550100"),
         telegram,
         sms,
+        whatsapp,
         Component(
             "outbox", bool(services), "sends queued replies, retries failures" if services else "no channel"
         ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import time, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -12,6 +13,7 @@ import phonenumbers
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.whatsapp_templates import Templates, load_templates
 from dialogs.advisor import AdviceConfig
 from dialogs.engine import EngineConfig
 from dialogs.handoff import HandoffConfig, Hours
@@ -63,6 +65,10 @@ class Settings(BaseSettings):
     sms_rate_per_second: float = Field(default=1.0, gt=0)
     sms_max_segments: int = Field(default=2, ge=1, le=10)
     sms_price_per_segment: Decimal = Field(default=Decimal("0.0079"), ge=0)
+    twilio_whatsapp_from: str | None = None  # "+14155238886" (the sandbox) or "whatsapp:+1..."
+    twilio_whatsapp_messaging_service_sid: str | None = None
+    whatsapp_templates: Path | None = None  # TOML: intent -> approved template (outside the window)
+    whatsapp_rate_per_second: float = Field(default=20.0, gt=0)
 
     public_base_url: str | None = None
 
@@ -118,6 +124,22 @@ class Settings(BaseSettings):
             return None
         return v
 
+    @field_validator("twilio_whatsapp_from")
+    @classmethod
+    def _whatsapp_from(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        number = v.strip().removeprefix("whatsapp:")
+        if not re.fullmatch(r"\+[1-9][0-9]{6,14}", number):
+            raise ValueError("is not an E.164 number such as +14155238886 (optionally whatsapp:+...)")
+        return number
+
+    @field_validator("whatsapp_templates")
+    @classmethod
+    def _whatsapp_templates(cls, v: Path | None) -> Path | None:
+        load_templates(v)  # a missing file or a wrong entry fails at start-up, naming the problem
+        return v
+
     @field_validator("contact_window")
     @classmethod
     def _window(cls, v: str) -> str:
@@ -170,8 +192,9 @@ class Settings(BaseSettings):
     def configured_channels(self) -> frozenset[str]:
         """The channels whose settings are complete: ``telegram`` with ``TELEGRAM_BOT_TOKEN``, ``sms``
         with ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN`` and ``TWILIO_FROM_NUMBER`` (or
-        ``TWILIO_MESSAGING_SERVICE_SID``): the same conditions under which ``rapport run`` starts
-        them."""
+        ``TWILIO_MESSAGING_SERVICE_SID``), ``whatsapp`` with the same account and
+        ``TWILIO_WHATSAPP_FROM`` (or ``TWILIO_WHATSAPP_MESSAGING_SERVICE_SID``): the same conditions
+        under which ``rapport run`` starts them."""
         channels = set()
         if self.telegram_bot_token is not None:
             channels.add("telegram")
@@ -181,7 +204,17 @@ class Settings(BaseSettings):
             and (self.twilio_from_number or self.twilio_messaging_service_sid)
         ):
             channels.add("sms")
+        if (
+            self.twilio_account_sid
+            and self.twilio_auth_token is not None
+            and (self.twilio_whatsapp_from or self.twilio_whatsapp_messaging_service_sid)
+        ):
+            channels.add("whatsapp")
         return frozenset(channels)
+
+    def whatsapp_templates_config(self) -> Templates:
+        """The WhatsApp templates by intent (checked when the settings were read)."""
+        return load_templates(self.whatsapp_templates)
 
     def policy_config(self) -> PolicyConfig:
         """The contact policy for proactive messages, on the configured channels. Built once per
@@ -195,6 +228,7 @@ class Settings(BaseSettings):
             cap=self.proactive_cap,
             cap_period=timedelta(days=self.proactive_cap_days),
             channels=self.configured_channels(),
+            whatsapp_templates=self.whatsapp_templates_config().intents,
         )
 
     def nudge_config(self) -> NudgeConfig:

@@ -28,15 +28,16 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from schedulers.policy import STANDING_RULES, Contact, PolicyConfig, refusal
+from schedulers.policy import STANDING_RULES, WHATSAPP, Contact, PolicyConfig, refusal, whatsapp_refusal
 from storage.handoff import with_person
-from storage.models import DeliveryStatus, Direction
+from storage.models import DeliveryStatus, Direction, utcnow
 from storage.queries import address_hash
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, SUPPRESSION
 
 NO_CHANNEL_CONFIGURED = (
     "no channel is configured (Telegram: TELEGRAM_BOT_TOKEN; SMS: TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN "
-    "and TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID): nobody can be contacted"
+    "and TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID; WhatsApp: the same with TWILIO_WHATSAPP_FROM): "
+    "nobody can be contacted"
 )
 
 # Proactive messages that count against the frequency cap: all but those that never left.
@@ -59,6 +60,8 @@ CUSTOMER_COLUMNS = (
     CUSTOMER.c.opted_out_at,
     CUSTOMER.c.erased_at,
     CUSTOMER.c.current_plan_id,
+    CUSTOMER.c.whatsapp_session_at,
+    CUSTOMER.c.whatsapp_opt_in_at,
 )
 
 
@@ -79,11 +82,18 @@ def contacts(
     config: PolicyConfig,
     *,
     declined: Mapping[int, bool] | None = None,
+    intent: str | None = None,
+    now: datetime | None = None,
 ) -> dict[int, Contact]:
     """The policy's view of each customer (rows with :data:`CUSTOMER_COLUMNS`, in id order),
     read for the whole batch at once; ``prefs`` their stored preferences, ``declined`` whether
     the plan they would be offered was declined lately (the advisor's rule, decided by the
-    caller, which knows the offer)."""
+    caller, which knows the offer).
+
+    A customer reached on WhatsApp whom the message (``intent``, at ``now``) may not go to there
+    (:func:`~schedulers.policy.whatsapp_refusal`: no opt-in; the window closed and no template)
+    gets it by SMS at their phone when SMS is configured (``rerouted`` says why), else the
+    refusal excludes them."""
     if not customers:
         return {}
     lo, hi = customers[0].id, customers[-1].id
@@ -93,8 +103,20 @@ def contacts(
     handed = with_person(conn, customer_ids=[c.id for c in customers])
     declined = declined or {}
     result = {}
+    moment = now or utcnow()
     for c in customers:
         channel, address = channels[c.id]
+        refused = rerouted = None
+        if channel == WHATSAPP:
+            refused = whatsapp_refusal(
+                opted_in=c.whatsapp_opt_in_at is not None,
+                session_at=c.whatsapp_session_at,
+                intent=intent,
+                now=moment,
+                config=config,
+            )
+            if refused is not None and "sms" in config.channels and c.phone:
+                channel, address, rerouted, refused = "sms", c.phone, refused, None
         result[c.id] = Contact(
             marketing_consent=bool(c.marketing_consent),
             opted_out=c.opted_out_at is not None,
@@ -108,6 +130,8 @@ def contacts(
             contact_time=prefs.get(c.id, {}).get("contact_time"),
             recent=recent.get(c.id, ()),
             with_person=c.id in handed,
+            whatsapp_refusal=refused,
+            rerouted=rerouted,
         )
     return result
 
@@ -119,14 +143,19 @@ def contact_of(
     *,
     prefs: Mapping[str, Any] | None = None,
     declined: bool = False,
+    intent: str | None = None,
+    now: datetime | None = None,
 ) -> Contact:
     """One customer's contact facts (the scan and nudges, under the customer's lock);
-    ``prefs``: their preferences when the caller has them already."""
+    ``prefs``: their preferences when the caller has them already; ``intent`` and ``now``: the
+    message and when it would go (WhatsApp's rules depend on them)."""
     row = conn.execute(select(*CUSTOMER_COLUMNS).where(CUSTOMER.c.id == customer_id)).one()
     if prefs is None:
         query = select(PREFERENCE.c.key, PREFERENCE.c.value).where(PREFERENCE.c.customer_id == customer_id)
         prefs = {row.key: row.value for row in conn.execute(query)}
-    return contacts(conn, [row], {customer_id: prefs}, config, declined={customer_id: declined})[customer_id]
+    return contacts(
+        conn, [row], {customer_id: prefs}, config, declined={customer_id: declined}, intent=intent, now=now
+    )[customer_id]
 
 
 def last_moment_refusals(conn: Connection, customer_ids: Iterable[int | None]) -> dict[int | None, str]:
@@ -174,12 +203,13 @@ def pick_channel(
     phone: str | None,
 ) -> tuple[str | None, str | None]:
     """Where proactive messages go: the preferred channel (at the customer's latest address on
-    it, ``on_preferred``; email at their email; SMS falls back to their phone), else the channel
-    they last wrote on (of those proactive messages use), else SMS to their phone."""
+    it, ``on_preferred``; email at their email; SMS and WhatsApp fall back to their phone), else
+    the channel they last wrote on (of those proactive messages use), else SMS to their phone."""
     if isinstance(preferred, str):
         if preferred == "email":
             return preferred, email
-        return preferred, on_preferred if on_preferred or preferred != "sms" else phone
+        by_phone = preferred in ("sms", WHATSAPP)
+        return preferred, on_preferred if on_preferred or not by_phone else phone
     if last_in is not None:
         return last_in
     return ("sms", phone) if phone else (None, None)

@@ -100,6 +100,8 @@ class Outgoing:
     marketing: bool = False
     reconcile_since: datetime | None = None  # an earlier attempt was cut off: look it up first
     provider_id: str | None = None  # already recorded for this message (a late answer was written)
+    intent: str | None = None  # what the message is for (WhatsApp picks a template by it)
+    customer_id: int | None = None
 
 
 class Sender(Protocol):
@@ -511,6 +513,8 @@ class Outbox:
                 bool(r.marketing),
                 r.reconcile_since,
                 r.provider_message_id,
+                r.intent,
+                r.customer_id,
             )
             for r in sorted(rows, key=lambda r: r.id)
             if r.id not in refused

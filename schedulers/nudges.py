@@ -131,7 +131,7 @@ def _one(
     if step.question is None or step.kind != PendingKind.ASK:
         return NudgeSkip.NOTHING_TO_ASK
     prefs = {key: fact.value for key, fact in facts.items()}
-    contact = contact_of(conn, customer_id, policy, prefs=prefs)
+    contact = contact_of(conn, customer_id, policy, prefs=prefs, intent=NUDGE_INTENT, now=now)
     channel, address = contact.channel, contact.address
     decision = decide(contact, now, policy)
     if not decision.allowed:
@@ -154,7 +154,7 @@ def _one(
         question_key=question.key,
     )
     outreach_queries.set_pending_question(conn, customer_id=customer_id, key=question.key)
-    record_event(conn, customer_id, "nudge_queued", None, None, message_id, now)
+    record_event(conn, customer_id, "nudge_queued", decision.reason, None, message_id, now)
     report.queued += 1
     report.message_ids.append(message_id)
     return None

@@ -10,7 +10,9 @@ every timing rule allows:
 - hard: marketing consent; not opted out; not erased; no person has (or is awaited for) the
   conversation (handoff: the bot is quiet meanwhile); the address not suppressed; the plan not
   declined lately (the advisor's rule, passed in as ``declined``); the preferred channel usable
-  (configured, and the customer has an address on it); the preferred time of day overlapping
+  (configured, and the customer has an address on it; on WhatsApp: opted in, and inside the
+  24-hour session window or with a template for the message, else the audience moves it to SMS
+  when it can, see :func:`whatsapp_refusal`); the preferred time of day overlapping
   the contact window.
 - timing: inside the contact window in the customer's local time (a per-country override may be
   stricter), narrowed to the preferred time of day; within the frequency cap.
@@ -45,6 +47,8 @@ class Skip:
     CONTACT_TIME = "outside_contact_time"
     FREQUENCY_CAP = "frequency_cap"
     WITH_PERSON = "with_person"
+    WHATSAPP_NO_OPT_IN = "whatsapp_no_opt_in"
+    WHATSAPP_NO_TEMPLATE = "whatsapp_window_closed_no_template"
 
 
 TIMING_REASONS = frozenset({Skip.QUIET_HOURS, Skip.CONTACT_TIME, Skip.FREQUENCY_CAP})
@@ -87,6 +91,8 @@ class PolicyConfig:
     cap: int = 1  # proactive messages ...
     cap_period: timedelta = timedelta(days=7)  # ... per this long
     channels: frozenset[str] = frozenset({"sms", "telegram"})  # channels proactive messages use
+    # Intents with an approved WhatsApp template (sent outside the 24-hour session window).
+    whatsapp_templates: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.cap < 1:
@@ -117,12 +123,17 @@ class Contact:
     contact_time: Any = None
     recent: Sequence[datetime] = ()
     with_person: bool = False  # handed to a person (storage.handoff.with_person)
+    # WhatsApp: why this message cannot go there (a Skip.WHATSAPP_* reason; set by the audience
+    # when no other channel can take it), and why it goes on ``channel`` instead of WhatsApp.
+    whatsapp_refusal: str | None = None
+    rerouted: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """``allowed``: it may go now. Otherwise ``reason`` says why not, and ``next_allowed_at`` when
-    it may (None: never, on these facts)."""
+    it may (None: never, on these facts). An allowed message's ``reason``: why it goes on another
+    channel than the preferred one (WhatsApp's window closed and no template, say), else None."""
 
     allowed: bool
     reason: str | None = None
@@ -156,7 +167,7 @@ def decide(contact: Contact, now: datetime, config: PolicyConfig) -> Decision:
         in_base = now.astimezone(zone).time() in base_window(contact, config)
         reason = Skip.CONTACT_TIME if in_base else Skip.QUIET_HOURS
         return Decision(False, reason, next_allowed(contact.recent, now, zone, window, config))
-    return Decision(True)
+    return Decision(True, contact.rerouted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +196,33 @@ EXCLUSION_RULES: tuple[Rule, ...] = (
     Rule(Skip.NO_CHANNEL, lambda c, _: c.channel is None),
     Rule(Skip.CHANNEL_UNAVAILABLE, lambda c, config: c.channel not in config.channels),
     Rule(Skip.NO_ADDRESS, lambda c, _: not c.address),
+    Rule(Skip.WHATSAPP_NO_OPT_IN, lambda c, _: c.whatsapp_refusal == Skip.WHATSAPP_NO_OPT_IN),
+    Rule(Skip.WHATSAPP_NO_TEMPLATE, lambda c, _: c.whatsapp_refusal == Skip.WHATSAPP_NO_TEMPLATE),
     Rule(Skip.SUPPRESSED, lambda c, _: c.suppressed),
     Rule(Skip.DECLINED, lambda c, _: c.declined),
 )
+
+
+WHATSAPP = "whatsapp"
+WHATSAPP_SESSION = timedelta(hours=24)
+
+
+def whatsapp_refusal(
+    *,
+    opted_in: bool,
+    session_at: datetime | None,
+    intent: str | None,
+    now: datetime,
+    config: PolicyConfig,
+) -> str | None:
+    """Why a proactive message for ``intent`` may not go on WhatsApp at ``now`` (None: it may):
+    not without the customer's opt-in; outside the 24-hour session window only as an approved
+    template, so not for an intent without one."""
+    if not opted_in:
+        return Skip.WHATSAPP_NO_OPT_IN
+    if session_at is not None and session_at <= now < session_at + WHATSAPP_SESSION:
+        return None
+    return None if intent in config.whatsapp_templates else Skip.WHATSAPP_NO_TEMPLATE
 
 
 def refusal(contact: Contact, config: PolicyConfig, rules: Sequence[Rule] = EXCLUSION_RULES) -> str | None:

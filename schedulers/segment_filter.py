@@ -19,7 +19,7 @@ A term without a comparison is true when its value is truthy (``consent``, ``sug
 Fields: ``plan`` (current plan id), ``suggested`` (best plan id, or null), ``suggest`` (the fit
 suggests a switch), ``saving`` / ``yearly_saving`` / ``current_cost`` (money a month / a year,
 0 when there is no suggestion), ``months`` (months of usage), ``consent`` (marketing consent),
-``channel`` (the channel a message would use: "sms", "telegram", or null).
+``channel`` (the channel a message would use: "sms", "telegram", "whatsapp", or null).
 Functions: ``avg(metric)`` (mean monthly usage over the fit's months, e.g. ``avg(data_gb)``),
 ``over(metric)`` (months over the current plan's allowance), ``pref(key)`` (a stored preference).
 

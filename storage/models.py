@@ -74,6 +74,10 @@ class Customer(SQLModel, table=True):
     opt_out_message_id: int | None = None  # not a foreign key: the message may be erased later
     erased_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    # WhatsApp: the last message the customer sent there (free-form replies only within 24 hours
+    # of it) and when they opted in to business-initiated messages there.
+    whatsapp_session_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    whatsapp_opt_in_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
 class ChannelIdentity(SQLModel, table=True):

@@ -59,6 +59,7 @@ def erase_customer(session: Session, *, customer: Customer, keep_message_id: int
     addresses = {(i.channel, i.address) for i in identities}
     if customer.phone:
         addresses.add((Channel.SMS, customer.phone))
+        addresses.add((Channel.WHATSAPP, customer.phone))  # WhatsApp addresses are E.164 too
     for channel, address in addresses:
         digest = address_hash(channel, address)
         exists = session.exec(
@@ -81,6 +82,7 @@ def erase_customer(session: Session, *, customer: Customer, keep_message_id: int
     session.execute(delete(ChannelIdentity).where(col(ChannelIdentity.customer_id) == customer.id))
     customer.name = customer.phone = customer.email = customer.external_id = customer.timezone = None
     customer.marketing_consent = False
+    customer.whatsapp_session_at = customer.whatsapp_opt_in_at = None
     customer.erased_at = now
     session.add(customer)
 

@@ -27,7 +27,7 @@ from sqlalchemy.sql import Insert, Select, Update
 from sqlalchemy.types import TypeEngine
 from sqlmodel import Session
 
-from storage import queries
+from storage import queries, whatsapp
 from storage.models import Customer
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, STATE, USAGE
 from storage.types import DeliveryStatus, Direction, Intent, UTCDateTime
@@ -398,6 +398,7 @@ def lock_or_create_turn(
     """
     state = lock_turn(conn, channel=channel, address=address)
     if state is not None:
+        _whatsapp_session(conn, channel, state.customer_id, now)
         return state
     found = _FIND_IDENTITY.first(conn, {"b_channel": channel, "b_address": address})
     known = found[0] if found else None
@@ -416,7 +417,14 @@ def lock_or_create_turn(
     state = lock_turn(conn, channel=channel, address=address)
     assert state is not None
     state.created = created
+    _whatsapp_session(conn, channel, known, now)
     return state
+
+
+def _whatsapp_session(conn: Connection, channel: str, customer_id: int, now: datetime) -> None:
+    """A message on WhatsApp (re)opens the customer's 24-hour session window."""
+    if channel == whatsapp.CHANNEL:
+        whatsapp.touch_session(conn, customer_id=customer_id, at=now)
 
 
 def _identity(
@@ -471,6 +479,8 @@ def save_facts(conn: Connection, *, customer_id: int, facts: Iterable[Fact], exi
             "message_id": fact.message_id,
             "channel": fact.channel,
         }
+        if fact.key == whatsapp.OPT_IN_KEY and fact.value == whatsapp.CHANNEL:
+            whatsapp.record_opt_in(conn, customer_id=customer_id, at=fact.stated_at)
         if fact.key in existing:
             _UPDATE_FACT.rowcount(conn, {"b_customer_id": customer_id, "b_key": fact.key, **values})
         else:

@@ -47,6 +47,7 @@ class Channel(StrEnum):
     TERMINAL = "terminal"
     TELEGRAM = "telegram"
     SMS = "sms"
+    WHATSAPP = "whatsapp"
 
 
 class Direction(StrEnum):

@@ -39,6 +39,7 @@ from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
 from bot.channels.sms import SmsService, build_sms_service
+from bot.channels.whatsapp import build_whatsapp_service
 from bot.runtime import Runtime, build_runtime
 from bot.settings import Settings
 from bot.web import create_app
@@ -48,6 +49,7 @@ from storage.tables import CUSTOMER, IDENTITY, MESSAGE
 ACCOUNT = "AC" + "0" * 32
 TOKEN = "test-auth-token-1234"
 FROM = "+15005550006"
+WHATSAPP_FROM = "+14155238886"  # Twilio's WhatsApp sandbox number
 CUSTOMER_PHONE = "+14155550123"
 
 
@@ -71,6 +73,9 @@ class Sent:
     sender: str
     status_callback: str | None
     at: float = 0.0  # time.time() when it was accepted
+    content_sid: str | None = None  # WhatsApp: a template or quick reply instead of a Body
+    content_variables: dict[str, str] | None = None
+    buttons: tuple[tuple[str, str], ...] = ()  # (title, id) of a quick reply's buttons
 
 
 @dataclass
@@ -87,6 +92,12 @@ class TwilioStandin:
     post_callbacks: bool = True  # False: accept messages, post no status callbacks
     delay: float = 0.0  # seconds to wait before answering a send (a slow provider)
     on_accept: Any = None  # called with each Sent right after it was accepted (fault injection)
+    # WhatsApp: "whatsapp:+E164" -> time.time() the customer last wrote (the session window), the
+    # Content API's quick replies by SID, and how a free-form message outside the window fails:
+    # "api" (the send is answered 400, error 63016) or "callback" (accepted, then failed 63016).
+    sessions: dict[str, float] = field(default_factory=dict)
+    contents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    window_error: str = "api"
     _drops: list[bool] = field(default_factory=list)  # next sends: cut off, after accepting or not
     _failures: list[Failure] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -130,6 +141,39 @@ class TwilioStandin:
         message (``accept``: it goes out, the sender never hears) or before."""
         with self._lock:
             self._drops.extend([accept] * times)
+
+    def open_session(self, number: str, at: float | None = None) -> None:
+        """The customer at ``number`` wrote on WhatsApp (at ``at``, default now)."""
+        with self._lock:
+            self.sessions[_whatsapp(number)] = time.time() if at is None else at
+
+    def whatsapp(self, number: str) -> list[Sent]:
+        """The WhatsApp messages sent to ``number`` so far."""
+        with self._lock:
+            return [s for s in self.sent if s.to == _whatsapp(number)]
+
+    def wait_for_whatsapp(self, number: str, count: int, timeout: float = 10.0) -> list[Sent]:
+        """The WhatsApp messages sent to ``number`` once there are at least ``count``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.whatsapp(number)
+            if len(found) >= count:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"{count} WhatsApp messages to {number} expected, got {self.whatsapp(number)}")
+
+    def _content(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """The Content API: a quick reply (body and at most 3 buttons), for use in the window."""
+        reply = (payload.get("types") or {}).get("twilio/quick-reply")
+        if not isinstance(reply, dict) or not reply.get("body"):
+            return 400, _error(400, 20001, "types.twilio/quick-reply with a body is required"), {}
+        actions = reply.get("actions") or []
+        if not 1 <= len(actions) <= 3 or any(len(a.get("title") or "") > 20 for a in actions):
+            return 400, _error(400, 20001, "a quick reply has 1 to 3 buttons of at most 20 characters"), {}
+        sid = f"HX{uuid.uuid4().hex}"
+        with self._lock:
+            self.contents[sid] = reply
+        return 201, {"sid": sid, "friendly_name": payload.get("friendly_name"), "types": payload["types"]}, {}
 
     def to(self, number: str) -> list[str]:
         """The bodies sent to ``number`` so far."""
@@ -178,6 +222,43 @@ class TwilioStandin:
             return failure.status, _error(failure.status, failure.code, failure.message), headers
         to, body = form.get("To"), form.get("Body")
         sender = form.get("From") or form.get("MessagingServiceSid")
+        content_sid = form.get("ContentSid")
+        variables: dict[str, str] | None = None
+        buttons: tuple[tuple[str, str], ...] = ()
+        session_only = True
+        if content_sid is not None:
+            with self._lock:
+                reply = self.contents.get(content_sid)
+            if reply is not None:  # a quick reply: free-form, in the window only
+                variables = json.loads(form.get("ContentVariables") or "{}")
+                body = reply["body"]
+                for key, value in (variables or {}).items():
+                    body = body.replace("{{" + key + "}}", value)
+                buttons = tuple((a["title"], a["id"]) for a in reply["actions"])
+            elif not content_sid.startswith("HX"):
+                return 400, _error(400, 21656, "The ContentSid is invalid"), {}
+            else:  # an approved template: goes outside the window too
+                session_only = False
+                variables = json.loads(form.get("ContentVariables") or "{}")
+                body = f"[template {content_sid}] " + json.dumps(variables, sort_keys=True)
+        whatsapp = (to or "").startswith("whatsapp:")
+        if whatsapp and form.get("From") and not (sender or "").startswith("whatsapp:"):
+            return (
+                400,
+                _error(400, 63007, "Twilio could not find a Channel with the specified From address"),
+                {},
+            )
+        with self._lock:
+            opened = self.sessions.get(to or "")
+        outside = whatsapp and session_only and (opened is None or time.time() - opened >= 24 * 3600)
+        if outside and self.window_error == "api":
+            return (
+                400,
+                _error(
+                    400, 63016, "Failed to send freeform message because you are outside the allowed window."
+                ),
+                {},
+            )
         if not to or body is None or not sender:
             return (
                 400,
@@ -190,10 +271,20 @@ class TwilioStandin:
                 _error(400, 21617, "The message body exceeds the 1600 character limit"),
                 {},
             )
-        sent = Sent(f"SM{uuid.uuid4().hex}", to, body, sender, form.get("StatusCallback"), time.time())
+        sent = Sent(
+            f"SM{uuid.uuid4().hex}",
+            to,
+            body,
+            sender,
+            form.get("StatusCallback"),
+            time.time(),
+            content_sid,
+            variables,
+            buttons,
+        )
         with self._lock:
             self.sent.append(sent)
-        final = self.outcomes.get(to, ("delivered", ""))
+        final = ("failed", "63016") if outside else self.outcomes.get(to, ("delivered", ""))
         if self.post_callbacks:
             self._callback_queue.put((sent, [("queued", ""), ("sent", ""), final]))
         if self.on_accept is not None:
@@ -226,8 +317,8 @@ class TwilioStandin:
             "sid": sent.sid,
             "account_sid": self.account_sid,
             "to": sent.to,
-            "from": sent.sender if sent.sender.startswith("+") else None,
-            "messaging_service_sid": None if sent.sender.startswith("+") else sent.sender,
+            "from": sent.sender if not sent.sender.startswith("MG") else None,
+            "messaging_service_sid": sent.sender if sent.sender.startswith("MG") else None,
             "body": sent.body,
             "status": "queued",
             "num_segments": "1",
@@ -285,6 +376,10 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def _whatsapp(number: str) -> str:
+    return number if number.startswith("whatsapp:") else f"whatsapp:{number}"
+
+
 def _error(status: int, code: int, message: str) -> dict[str, Any]:
     return {
         "code": code,
@@ -305,6 +400,12 @@ def _handler(standin: TwilioStandin) -> type[BaseHTTPRequestHandler]:
             data = self.rfile.read(length)
             if len(data) < length:  # the client died mid-request: a real server takes nothing
                 self.close_connection = True
+                return
+            if self.path == "/v1/Content":
+                if not standin._authorized(self.headers.get("Authorization")):
+                    self._answer(401, _error(401, 20003, "Authenticate"), {})
+                else:
+                    self._answer(*standin._content(json.loads(data or b"{}")))
                 return
             form = dict(parse_qsl(data.decode(), keep_blank_values=True))
             if not standin._authorized(self.headers.get("Authorization")):
@@ -351,6 +452,7 @@ class SmsApp:
     outbox: Outbox
     standin: TwilioStandin
     http: httpx.Client
+    whatsapp_service: SmsService | None = None
 
     def post(
         self,
@@ -396,6 +498,40 @@ class SmsApp:
         assert response.text.endswith("<Response/>")
         return response
 
+    def whatsapp(
+        self,
+        text: str,
+        *,
+        sid: str,
+        sender: str = CUSTOMER_PHONE,
+        path: str = "/whatsapp/inbound",
+        **extra: str,
+    ) -> httpx.Response:
+        """The customer at ``sender`` writes ``text`` on WhatsApp (their window opens at the
+        stand-in too); asserts Twilio gets an empty TwiML answer."""
+        form = {
+            "SmsMessageSid": sid,
+            "NumMedia": "0",
+            "ProfileName": "Alex",
+            "SmsSid": sid,
+            "WaId": sender.lstrip("+"),
+            "SmsStatus": "received",
+            "Body": text,
+            "To": f"whatsapp:{WHATSAPP_FROM}",
+            "NumSegments": "1",
+            "MessageType": "text",
+            "MessageSid": sid,
+            "AccountSid": ACCOUNT,
+            "From": f"whatsapp:{sender}",
+            "ApiVersion": "2010-04-01",
+            **extra,
+        }
+        self.standin.open_session(sender)
+        response = self.post(path, form)
+        assert response.status_code == 200, response.text
+        assert response.text.endswith("<Response/>")
+        return response
+
     def rows(self, *where: Any) -> list[Any]:
         """Message rows matching ``where``, oldest first."""
         with self.runtime.db.connect() as conn:
@@ -419,8 +555,9 @@ class SmsApp:
 
 
 @contextmanager
-def serve_sms_app(db_url: str, **settings: Any) -> Iterator[SmsApp]:
-    """Start the stand-in and the app (uvicorn, its own thread and port); stop both afterwards."""
+def serve_sms_app(db_url: str, *, whatsapp: bool = False, **settings: Any) -> Iterator[SmsApp]:
+    """Start the stand-in and the app (uvicorn, its own thread and port); stop both afterwards.
+    ``whatsapp``: the WhatsApp channel runs too (from the sandbox number)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -435,20 +572,28 @@ def serve_sms_app(db_url: str, **settings: Any) -> Iterator[SmsApp]:
             "public_base_url": url,
             "sms_rate_per_second": 200.0,
             "spool_path": Path(tempfile.mkdtemp(prefix="rapport-spool-")) / "spool.db",
+            **(
+                {"twilio_whatsapp_from": WHATSAPP_FROM, "whatsapp_rate_per_second": 200.0} if whatsapp else {}
+            ),
             **settings,
         }
         runtime = build_runtime(Settings(_env_file=None, **values))
         service = build_sms_service(runtime)
         assert service is not None
         service.status_grace = 0.3
+        services: list[SmsService] = [service]
+        wa_service = build_whatsapp_service(runtime) if whatsapp else None
+        if wa_service is not None:
+            wa_service.status_grace = 0.3
+            services.append(wa_service)
         # Short backoff so retries happen within the test (the outbox loop polls every second).
         outbox = Outbox(
             runtime.db,
-            {service.name: service.sender},
+            {s.name: s.sender for s in services},
             runtime.dialog.reply_options,
             policy=RetryPolicy(base=0.05, cap=0.2),
         )
-        app = create_app(runtime, [service], outbox=outbox)
+        app = create_app(runtime, list(services), outbox=outbox)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
@@ -458,7 +603,7 @@ def serve_sms_app(db_url: str, **settings: Any) -> Iterator[SmsApp]:
                 assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
                 time.sleep(0.01)
             with httpx.Client(timeout=10) as http:
-                yield SmsApp(url, runtime, service, outbox, standin, http)
+                yield SmsApp(url, runtime, service, outbox, standin, http, wa_service)
         finally:
             server.should_exit = True
             thread.join(timeout=10)

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "sms"
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 TWILIO_API = "https://api.twilio.com"
+TWILIO_HOSTS = (TWILIO_API, "https://content.twilio.com")  # Messages; Content API (WhatsApp buttons)
+WHATSAPP_PREFIX = "whatsapp:"
 UNSUBSCRIBED = "21610"  # Twilio: the recipient replied STOP to this sender at the carrier
 MAX_FORM_BYTES = 64 * 1024
 
@@ -130,8 +132,9 @@ class BaseUrlHttpClient(TwilioHttpClient):  # type: ignore[misc]
         self._local = threading.local()
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        if self.base_url and url.startswith(TWILIO_API + "/"):
-            url = self.base_url + url[len(TWILIO_API) :]
+        host = next((h for h in TWILIO_HOSTS if url.startswith(h + "/")), None)
+        if self.base_url and host is not None:
+            url = self.base_url + url[len(host) :]
         self._local.retry_after = None
         response = super().request(method, url, *args, **kwargs)
         self._local.retry_after = _seconds(response.headers.get("Retry-After") if response.headers else None)
@@ -173,9 +176,9 @@ class TwilioSender:
         self.messaging_service_sid = messaging_service_sid
         self.status_callback = status_callback
         self.limiter = limiter
-        self.rate = Limit(f"sms:{self.sending_as}", rate_per_second)
+        self.rate = Limit(f"{self.channel}:{self.sending_as}", rate_per_second)
         self.max_in_flight = min(32, max(1, math.ceil(rate_per_second)))
-        self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sms-send")
+        self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix=f"{self.channel}-send")
         _ = client.messages  # Twilio loads its API modules on first use: not in the first paced send
         self.max_segments = max_segments
 
@@ -224,14 +227,18 @@ class TwilioSender:
         except TwilioRestException as exc:
             raise self._error(exc) from None
         except OSError as exc:  # requests' connection errors and timeouts are OSErrors
-            # Only a connection never made is sure not to have reached Twilio; a timeout waiting
-            # for the answer or a reset connection may come after Twilio took the message.
-            raise SendError(
-                f"could not reach Twilio ({type(exc).__name__}: {exc})",
-                retryable=True,
-                ambiguous=not _never_connected(exc),
-            ) from None
+            raise self._unreachable(exc) from None
         return str(created.sid)
+
+    @staticmethod
+    def _unreachable(exc: OSError) -> SendError:
+        # Only a connection never made is sure not to have reached Twilio; a timeout waiting
+        # for the answer or a reset connection may come after Twilio took the message.
+        return SendError(
+            f"could not reach Twilio ({type(exc).__name__}: {exc})",
+            retryable=True,
+            ambiguous=not _never_connected(exc),
+        )
 
     async def look_up(self, message: Outgoing, since: datetime) -> list[str]:
         """Twilio's SIDs of messages with this body sent to this number from our sender since
@@ -284,9 +291,16 @@ def _never_connected(exc: OSError) -> bool:
 
 
 class SmsService:
-    """The SMS channel: Twilio webhooks and the REST sender (a ``ChannelService``)."""
+    """The SMS channel: Twilio webhooks and the REST sender (a ``ChannelService``).
+
+    A message whose sender is ``whatsapp:+E164`` is a WhatsApp message (the same webhook serves
+    both, as at Twilio): it goes to the engine on the ``whatsapp`` channel, joined to the customer
+    by the number. :class:`bot.channels.whatsapp.WhatsAppService` is this with WhatsApp's sender
+    and its webhooks under ``/whatsapp``.
+    """
 
     name = CHANNEL
+    prefix = "/sms"
 
     def __init__(
         self,
@@ -316,12 +330,16 @@ class SmsService:
             self._auth_token,
             http_client=BaseUrlHttpClient(settings.twilio_api_base_url),
         )
-        self._sender = TwilioSender(
+        self._sender = self._make_sender(SharedLimiter(runtime.db, headroom=settings.rate_headroom))
+
+    def _make_sender(self, limiter: SharedLimiter) -> TwilioSender:
+        settings = self.runtime.settings
+        return TwilioSender(
             self.client,
             from_number=settings.twilio_from_number,
             messaging_service_sid=settings.twilio_messaging_service_sid,
-            status_callback=self.public_base_url + "/sms/status",
-            limiter=SharedLimiter(runtime.db, headroom=settings.rate_headroom),
+            status_callback=self.public_base_url + self.prefix + "/status",
+            limiter=limiter,
             rate_per_second=settings.sms_rate_per_second,
             max_segments=settings.sms_max_segments,
         )
@@ -353,7 +371,7 @@ class SmsService:
     def router(self) -> APIRouter:
         router = APIRouter()
 
-        @router.post("/sms/inbound")
+        @router.post(self.prefix + "/inbound")
         async def inbound(request: Request, background: BackgroundTasks) -> Response:
             form = await self._verified(request)
             if isinstance(form, Response):
@@ -377,21 +395,25 @@ class SmsService:
                 background.add_task(self._deliver, ids)
             return Response(TWIML_EMPTY, media_type="text/xml")
 
-        @router.post("/sms/status")
+        @router.post(self.prefix + "/status")
         async def status(request: Request) -> Response:
             form = await self._verified(request)
             if isinstance(form, Response):
                 return form
             try:
-                report = status_report(form)
+                report = status_report(form, channel=self.name)
             except BadRequest as exc:
                 return _bad_request(request, exc)
             # 204 even for an unknown message (kept and tried again a while): Twilio does not
             # retry a 404 anyway; it would only raise debugger alerts.
             await self.intake.status(report, grace=self.status_grace)
+            await self._reported(report, form)
             return Response(status_code=204)
 
         return router
+
+    async def _reported(self, report: StatusReport, form: Mapping[str, str]) -> None:
+        """What a channel does besides recording a status (WhatsApp: note a closed window)."""
 
     async def _deliver(self, ids: list[int]) -> None:
         """Send a turn's replies now; what fails here stays queued for the outbox loop."""
@@ -408,15 +430,34 @@ class SmsService:
         """Twilio's message webhook as an :class:`Inbound`. Raises :class:`BadRequest`."""
         _no_nul(form, but="Body")
         sid = _sid(form.get("MessageSid") or form.get("SmsMessageSid") or "")
-        address = e164(form.get("From", ""), self.runtime.settings.default_region)
+        sender = form.get("From", "")
+        whatsapp = sender.startswith(WHATSAPP_PREFIX)
+        address = e164(sender.removeprefix(WHATSAPP_PREFIX), self.runtime.settings.default_region)
+        if not whatsapp:
+            return Inbound(
+                CHANNEL,
+                address,
+                form.get("Body", ""),
+                provider_id=sid,
+                phone=address,
+                received_at=self.clock(),
+                media=_media(form),
+            )
+        # WhatsApp: a quick-reply button's id is the option's value; a shared location is media.
+        choice = (form.get("ButtonPayload") or "").strip()[:64] or None
+        media = _media(form)
+        if form.get("Latitude") and form.get("Longitude"):
+            media = (*media, Media("location"))
         return Inbound(
-            CHANNEL,
+            "whatsapp",
             address,
-            form.get("Body", ""),
+            form.get("Body", "") if choice is None else (form.get("ButtonText") or form.get("Body", "")),
             provider_id=sid,
+            choice=choice,
             phone=address,
+            name=(form.get("ProfileName") or "").strip()[:200] or None,
             received_at=self.clock(),
-            media=_media(form),
+            media=media,
         )
 
     async def _verified(self, request: Request) -> dict[str, str] | Response:
@@ -446,8 +487,9 @@ class SmsService:
         return form
 
 
-def status_report(form: Mapping[str, str]) -> StatusReport:
-    """Twilio's status callback, checked. Raises :class:`BadRequest`."""
+def status_report(form: Mapping[str, str], *, channel: str = CHANNEL) -> StatusReport:
+    """Twilio's status callback for a message sent on ``channel``, checked (a ``whatsapp:``
+    recipient makes it WhatsApp's). Raises :class:`BadRequest`."""
     _no_nul(form)
     sid = _sid(form.get("MessageSid", ""))
     state = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
@@ -457,7 +499,9 @@ def status_report(form: Mapping[str, str]) -> StatusReport:
     if code is not None and not _ERROR_CODE.fullmatch(code):
         raise BadRequest("ErrorCode is not a Twilio error number")
     error = f"Twilio error {code} (https://www.twilio.com/docs/api/errors/{code})" if code else None
-    return StatusReport(CHANNEL, sid, state, error, opted_out=code == UNSUBSCRIBED)
+    if (form.get("To") or "").startswith(WHATSAPP_PREFIX):
+        channel = "whatsapp"
+    return StatusReport(channel, sid, state, error, opted_out=code == UNSUBSCRIBED)
 
 
 _SID = re.compile(r"[A-Za-z0-9]{1,64}")

@@ -120,7 +120,9 @@ def facts_batch(
         )
         for c, fit in zip(customers, fits, strict=True)
     }
-    contacts = audience_contacts(conn, customers, prefs, config, declined=declined)
+    contacts = audience_contacts(
+        conn, customers, prefs, config, declined=declined, intent="broadcast", now=now
+    )
     return [
         Facts(
             customer_id=c.id,

@@ -31,7 +31,7 @@ def test_a_conversation_by_sms_with_numbered_options(db_url: str) -> None:
         app.sms("hi", sid="SMc1")
         greeting, question = app.standin.wait_for(CUSTOMER_PHONE, 2)
         assert "I'm Rapport" in greeting
-        assert question.endswith("Reply 1 for text message, 2 for Telegram, 3 for email.")
+        assert question.endswith("Reply 1 for text message, 2 for Telegram, 3 for email, 4 for WhatsApp.")
         app.sms("1", sid="SMc2")
         asked = app.standin.wait_for(CUSTOMER_PHONE, 3)[2]
         assert asked.startswith("Got it: text message. When is a good time")

@@ -148,7 +148,12 @@ def test_start_then_answers_by_button_and_by_text(runtime: Runtime, api: BotApiS
             first = await replies(api, 11, 2)
             question = first[-1]
             assert ASK_CHANNEL in question.text
-            assert question.buttons == [("text message", "sms"), ("Telegram", "telegram"), ("email", "email")]
+            assert question.buttons == [
+                ("text message", "sms"),
+                ("Telegram", "telegram"),
+                ("email", "email"),
+                ("WhatsApp", "whatsapp"),
+            ]
 
             api.push_update(button_update(11, question, "telegram"))
             after_button = await replies(api, 11, 3)

@@ -19,7 +19,7 @@ def test_first_message_greets_and_asks_the_top_question_only(dialog: DialogEngin
     replies = Texter(dialog).say("hi")
     assert replies[0].intent == "greeting"
     assert question_of(replies) == "contact_channel"
-    assert [o.label for o in replies[-1].options] == ["text message", "Telegram", "email"]
+    assert [o.label for o in replies[-1].options] == ["text message", "Telegram", "email", "WhatsApp"]
 
 
 def test_answer_is_stored_with_provenance_and_next_question_follows(dialog: DialogEngine) -> None:
@@ -208,7 +208,8 @@ def test_forget_me_erases_after_confirmation(db: Engine, dialog: DialogEngine) -
         assert customer is not None and customer.erased_at is not None and customer.phone is None
         assert is_suppressed(s, channel="terminal", address="+14155550177")
         assert is_suppressed(s, channel="sms", address="+14155550177")
-        assert s.exec(select(func.count()).select_from(Suppression)).one() == 2
+        assert is_suppressed(s, channel="whatsapp", address="+14155550177")  # the same number
+        assert s.exec(select(func.count()).select_from(Suppression)).one() == 3
     # Writing again starts afresh, as a new customer.
     replies = alex.say("hi")
     assert replies[0].intent == "greeting"

@@ -73,7 +73,7 @@ def test_queued_replies_are_sent_in_order_with_their_buttons(db: Engine, dialog:
     outbox = Outbox(db, {"sms": sender}, dialog.reply_options, clock=Clock())
     asyncio.run(outbox.deliver(list(reversed(ids))))
     assert [m.message_id for m in sender.sent] == ids
-    assert [o.label for o in sender.sent[-1].options] == ["text message", "Telegram", "email"]
+    assert [o.label for o in sender.sent[-1].options] == ["text message", "Telegram", "email", "WhatsApp"]
     row = _row(db, ids[0])
     assert (row["status"], row["attempts"], row["provider_message_id"]) == ("sent", 1, f"SM{ids[0]:06d}")
     assert row["sent_at"] == START

@@ -1,0 +1,316 @@
+"""The WhatsApp channel through Twilio: SMS's code where Twilio's API is the same, WhatsApp's rules
+where they differ.
+
+In: Twilio's message webhook as for SMS (``POST /whatsapp/inbound``, or ``/sms/inbound``: a
+``whatsapp:+E164`` sender is a WhatsApp message either way), signed and checked the same; the
+sender joins the customer with that phone number; the message (re)opens the customer's 24-hour
+session window (:mod:`storage.whatsapp`). A quick-reply button press arrives as ``ButtonPayload``
+(the option's value), a shared location as media.
+
+Out (:class:`WhatsAppSender`): ``whatsapp:`` addresses on the Messages API. Inside the session
+window a message goes free-form, its choices as quick-reply buttons (at most 3, a Content API
+``twilio/quick-reply`` made once per set of buttons, the text as its variable) or, with more, as
+numbered text. Outside the window a business-initiated (marketing) message goes only as the
+approved template configured for its intent (``ContentSid`` and ``ContentVariables``,
+:mod:`bot.whatsapp_templates`); without one it is not sent (failed, with the reason; the contact
+policy had already moved such messages to SMS where it could). Twilio's error 63016 (free-form
+outside the window) closes the customer's window and fails the message with the reason, or, for
+marketing with a template, sends it again as the template: never again as free-form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
+from twilio.rest.content.v1.content import ContentList
+
+from bot.channels.sms import (
+    WHATSAPP_PREFIX,
+    SmsService,
+    TwilioSender,
+    render,
+)
+from bot.intake import StatusReport
+from bot.runtime import Runtime
+from bot.whatsapp_templates import Template, Templates
+from dialogs.engine import ReplyOption
+from schedulers.delivery import Outgoing, SendError
+from schedulers.ratelimit import SharedLimiter
+from storage import whatsapp as store
+from storage.models import utcnow
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "whatsapp"
+MAX_BUTTONS = 3  # WhatsApp quick replies
+MAX_BUTTON_TITLE = 20
+MAX_BUTTON_BODY = 1024
+MAX_BODY = 1600
+OUTSIDE_WINDOW = "63016"  # Twilio: free-form message outside the 24-hour window
+
+
+def whatsapp_address(number: str) -> str:
+    """``whatsapp:+E164`` for an E.164 number."""
+    return number if number.startswith(WHATSAPP_PREFIX) else WHATSAPP_PREFIX + number
+
+
+class WhatsAppSender(TwilioSender):
+    """Sends outbox messages on WhatsApp through Twilio (free-form, buttons or a template)."""
+
+    channel = CHANNEL
+
+    def __init__(
+        self,
+        client: Client,
+        db: Engine,
+        templates: Templates,
+        *,
+        company: str,
+        from_number: str | None,
+        messaging_service_sid: str | None,
+        status_callback: str | None,
+        limiter: SharedLimiter,
+        rate_per_second: float,
+    ) -> None:
+        if not from_number and not messaging_service_sid:
+            raise ValueError(
+                "set TWILIO_WHATSAPP_FROM or TWILIO_WHATSAPP_MESSAGING_SERVICE_SID to send on WhatsApp"
+            )
+        super().__init__(
+            client,
+            from_number=whatsapp_address(from_number) if from_number else None,
+            messaging_service_sid=messaging_service_sid,
+            status_callback=status_callback,
+            limiter=limiter,
+            rate_per_second=rate_per_second,
+            max_segments=10,
+        )
+        self.db = db
+        self.templates = templates
+        self.company = company
+        self._buttons: dict[str, str] = {}  # buttons digest -> Content SID of its quick reply
+        self._buttons_lock = threading.Lock()
+
+    async def send(self, message: Outgoing) -> str:
+        """Send ``message`` as WhatsApp allows now; Twilio's message SID. Raises :class:`SendError`."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._paced_whatsapp, message)
+
+    def _paced_whatsapp(self, message: Outgoing) -> str:
+        params = self._params(message)
+        try:
+            self.limiter.wait(self.rate)
+        except SQLAlchemyError as exc:
+            raise SendError(f"send pacing unavailable ({exc.__class__.__name__})", retryable=True) from exc
+        return self._create_params(message, params)
+
+    def _params(self, message: Outgoing) -> dict[str, str]:
+        """What to send: a template outside the window (marketing), else free-form with buttons or
+        numbered choices. Raises :class:`SendError` when WhatsApp's rules forbid sending it."""
+        if message.marketing:
+            with self.db.connect() as conn:
+                session = store.session_of(conn, address=message.address)
+            if session is None or session.opt_in_at is None:
+                raise SendError(
+                    "no WhatsApp opt-in recorded for this customer: business-initiated messages "
+                    "need one (whatsapp_no_opt_in)",
+                    retryable=False,
+                )
+            if not session.open_at(utcnow()):
+                template = self.templates.get(message.intent)
+                if template is None:
+                    raise SendError(
+                        f"outside the customer's 24-hour WhatsApp session window and no template for "
+                        f"intent {message.intent!r} in WHATSAPP_TEMPLATES: not sent as free-form "
+                        "(whatsapp_window_closed_no_template)",
+                        retryable=False,
+                    )
+                return self._template(template, message, session.name)
+        options = message.options
+        if 1 <= len(options) <= MAX_BUTTONS:
+            sid = self._quick_reply(options)
+            if sid is not None:
+                variables = {"1": message.text[:MAX_BUTTON_BODY]}
+                return {"content_sid": sid, "content_variables": json.dumps(variables)}
+        return {"body": render(message.text, options)[:MAX_BODY]}
+
+    def _template(self, template: Template, message: Outgoing, name: str | None) -> dict[str, str]:
+        variables = template.render(name=name, text=message.text, company=self.company)
+        return {"content_sid": template.content_sid, "content_variables": json.dumps(variables)}
+
+    def _quick_reply(self, options: tuple[ReplyOption, ...]) -> str | None:
+        """The Content SID of a quick reply with these buttons and the text as variable 1 (made
+        once per set of buttons and kept); None when the Content API fails (the choices then go
+        as numbered text)."""
+        actions = [
+            {"type": "QUICK_REPLY", "title": o.label[:MAX_BUTTON_TITLE], "id": o.value} for o in options
+        ]
+        key = hashlib.sha256(json.dumps(actions).encode()).hexdigest()[:32]
+        with self._buttons_lock:
+            known = self._buttons.get(key)
+        if known is not None:
+            return known
+        request = ContentList.ContentCreateRequest(
+            {
+                "friendly_name": f"rapport_qr_{key}",
+                "language": "en",
+                "variables": {"1": "Your answer?"},  # a sample, as the Content API asks
+                "types": {"twilio/quick-reply": {"body": "{{1}}", "actions": actions}},
+            }
+        )
+        try:
+            created = self.client.content.v1.contents.create(request)
+        except (TwilioRestException, OSError) as exc:
+            log.warning("WhatsApp buttons could not be made (%s): sent as numbered text", exc)
+            return None
+        sid = str(created.sid)
+        with self._buttons_lock:
+            self._buttons[key] = sid
+        return sid
+
+    def _create_params(self, message: Outgoing, content: dict[str, str]) -> str:
+        params: dict[str, Any] = {"to": whatsapp_address(message.address), **content}
+        if self.messaging_service_sid:
+            params["messaging_service_sid"] = self.messaging_service_sid
+        else:
+            params["from_"] = self.from_number or ""
+        if self.status_callback:
+            params["status_callback"] = self.status_callback
+        try:
+            created = self.client.messages.create(**params)
+        except TwilioRestException as exc:
+            if str(exc.code or "") == OUTSIDE_WINDOW:
+                self._window_closed(message)
+                if (
+                    message.marketing
+                    and "content_variables" not in content
+                    and self.templates.get(message.intent)
+                ):
+                    # Our window was wrong: try again, as the template now that it is closed.
+                    raise SendError(
+                        f"Twilio error 63016: outside the 24-hour WhatsApp session window; sent again "
+                        f"as the {message.intent!r} template, never free-form ({exc.msg})",
+                        retryable=True,
+                    ) from None
+                raise SendError(
+                    f"Twilio error 63016: outside the customer's 24-hour WhatsApp session window; a "
+                    f"free-form message cannot go (only a template), not retried ({exc.msg})",
+                    retryable=False,
+                ) from None
+            raise self._error(exc) from None
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        return str(created.sid)
+
+    def _window_closed(self, message: Outgoing) -> None:
+        if message.customer_id is None:
+            return
+        try:
+            with self.db.begin() as conn:
+                store.close_session_of(conn, customer_id=message.customer_id)
+        except SQLAlchemyError as exc:
+            log.warning(
+                "could not record the closed WhatsApp window of message %d: %s", message.message_id, exc
+            )
+
+    async def look_up(self, message: Outgoing, since: datetime) -> list[str]:
+        """Twilio's SIDs of messages to this WhatsApp address since ``since`` that may be this
+        one (same body; any, for a template or buttons, whose body Twilio renders)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._look_up_whatsapp, message, since)
+
+    def _look_up_whatsapp(self, message: Outgoing, since: datetime) -> list[str]:
+        try:
+            content = self._params(message)
+        except SendError:
+            return []  # it could not have gone
+        params: dict[str, Any] = {
+            "to": whatsapp_address(message.address),
+            "date_sent_after": since,
+            "page_size": 100,
+            "limit": 200,
+        }
+        if self.from_number and not self.messaging_service_sid:
+            params["from_"] = self.from_number
+        try:
+            found = self.client.messages.list(**params)
+        except TwilioRestException as exc:
+            raise SendError(f"Twilio look-up failed: HTTP {exc.status} {exc.msg}", retryable=True) from None
+        except OSError as exc:
+            raise SendError(
+                f"could not reach Twilio to look up ({type(exc).__name__})", retryable=True
+            ) from None
+        body = content.get("body")
+        matches = [m for m in found if body is None or m.body == body]
+        return [str(m.sid) for m in sorted(matches, key=lambda m: m.date_created or since)]
+
+
+class WhatsAppService(SmsService):
+    """The WhatsApp channel: Twilio webhooks under ``/whatsapp`` and the WhatsApp sender."""
+
+    name = CHANNEL
+    prefix = "/whatsapp"
+
+    def _make_sender(self, limiter: SharedLimiter) -> TwilioSender:
+        settings = self.runtime.settings
+        return WhatsAppSender(
+            self.client,
+            self.runtime.db,
+            settings.whatsapp_templates_config(),
+            company=settings.company_name,
+            from_number=settings.twilio_whatsapp_from,
+            messaging_service_sid=settings.twilio_whatsapp_messaging_service_sid,
+            status_callback=self.public_base_url + self.prefix + "/status",
+            limiter=limiter,
+            rate_per_second=settings.whatsapp_rate_per_second,
+        )
+
+    async def start(self, *, receive: bool = True) -> None:
+        if receive:
+            log.info(
+                "WhatsApp: Twilio webhooks expected at %s/whatsapp/inbound and /whatsapp/status",
+                self.public_base_url,
+            )
+
+    async def _reported(self, report: StatusReport, form: Mapping[str, str]) -> None:
+        """Twilio's 63016 in a status callback: the customer's window is closed (the message is
+        recorded failed with the reason by the status itself; it is never sent again free-form)."""
+        if form.get("ErrorCode") != OUTSIDE_WINDOW:
+            return
+
+        def close() -> None:
+            with self.runtime.db.begin() as conn:
+                store.close_session(conn, provider_id=report.provider_id)
+
+        try:
+            await asyncio.to_thread(close)
+        except SQLAlchemyError as exc:
+            log.warning("could not record the closed WhatsApp window for %s: %s", report.provider_id, exc)
+
+
+def build_whatsapp_service(runtime: Runtime) -> WhatsAppService | None:
+    """The WhatsApp channel if Twilio and a WhatsApp sender are configured, else None."""
+    s = runtime.settings
+    sender = bool(s.twilio_whatsapp_from or s.twilio_whatsapp_messaging_service_sid)
+    if not sender:
+        return None
+    wanted = {
+        "TWILIO_ACCOUNT_SID": bool(s.twilio_account_sid),
+        "TWILIO_AUTH_TOKEN": s.twilio_auth_token is not None,
+    }
+    missing = [name for name, ok in wanted.items() if not ok]
+    if missing:
+        log.warning("WhatsApp stays off: set %s", ", ".join(missing))
+        return None
+    return WhatsAppService(runtime)
