@@ -293,11 +293,7 @@ class _Turn:
         self.prefs = self.state.facts
         existing = set(self.prefs)
         self.conv = conversations.current(
-            self.conn,
-            customer_id=self.state.customer_id,
-            now=self.now,
-            last_activity=self.state.last_activity,
-            idle=self.cfg.resume_after,
+            self.conn, turn=self.state, now=self.now, idle=self.cfg.resume_after
         )
 
         self._dispatch(first_contact=first_contact, idle=idle)

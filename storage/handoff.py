@@ -15,7 +15,7 @@ from sqlalchemy import Connection, RowMapping, and_, bindparam, func, insert, or
 from storage.handoff_models import Conversation, ConversationNote, ConversationState
 from storage.models import DeliveryStatus, Direction, Source
 from storage.tables import CUSTOMER, MESSAGE, PLAN, PREFERENCE, STATE
-from storage.turns import _fixed, _Inserts
+from storage.turns import CONVERSATION_COLUMNS, TurnState, _fixed, _Inserts
 
 CONVERSATION = Conversation.__table__  # type: ignore[attr-defined]
 NOTE = ConversationNote.__table__  # type: ignore[attr-defined]
@@ -63,19 +63,7 @@ class Conv:
         return self.state in WITH_PERSON
 
 
-_FIELDS = (
-    CONVERSATION.c.id,
-    CONVERSATION.c.customer_id,
-    CONVERSATION.c.state,
-    CONVERSATION.c.reason,
-    CONVERSATION.c.operator,
-    CONVERSATION.c.started_at,
-    CONVERSATION.c.waiting_since,
-    CONVERSATION.c.claimed_at,
-    CONVERSATION.c.first_human_reply_at,
-    CONVERSATION.c.timeout_notified_at,
-    CONVERSATION.c.resolved_at,
-)
+_FIELDS = CONVERSATION_COLUMNS
 
 
 def _conv(row: Any) -> Conv:
@@ -106,13 +94,15 @@ def start(conn: Connection, *, customer_id: int, now: datetime) -> Conv:
     return Conv(new_id, customer_id, S.BOT, None, None, now, None, None, None, None, None)
 
 
-def current(
-    conn: Connection, *, customer_id: int, now: datetime, last_activity: datetime | None, idle: timedelta
-) -> Conv:
-    """The conversation a customer's message belongs to: the open one, unless it is with the bot
-    and the customer was idle ``idle`` or longer since ``last_activity`` (then it is closed as
-    contained, at that time, and a new one opened)."""
-    conv = open_conversation(conn, customer_id=customer_id)
+def current(conn: Connection, *, turn: TurnState, now: datetime, idle: timedelta) -> Conv:
+    """The conversation a customer's message belongs to (``turn`` the customer's locked state):
+    the open one, unless it is with the bot and the customer was idle ``idle`` or longer since
+    the last activity (then it is closed as contained, at that time, and a new one opened)."""
+    customer_id, last_activity = turn.customer_id, turn.last_activity
+    if turn.conversation_read:  # read with the state (SQLite)
+        conv = _conv(turn.conversation) if turn.conversation is not None else None
+    else:
+        conv = open_conversation(conn, customer_id=customer_id)
     if conv is not None and conv.state == S.BOT and last_activity is not None and now - last_activity >= idle:
         move(conn, conversation_id=conv.id, to=S.RESOLVED, now=last_activity)
         conv = None

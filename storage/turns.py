@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeEngine
 from sqlmodel import Session
 
 from storage import queries, whatsapp
+from storage.handoff_models import Conversation
 from storage.models import Customer
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, STATE, USAGE
 from storage.types import DeliveryStatus, Direction, Intent, UTCDateTime
@@ -290,6 +291,11 @@ class TurnState:
     has_usage: bool
     created: bool = False
     facts: dict[str, Fact] = field(default_factory=dict)
+    # On SQLite, the customer's open conversation comes with the state (see :func:`lock_turn`):
+    # ``conversation_read`` is True and ``conversation`` its row (the columns of
+    # :data:`CONVERSATION_COLUMNS`), or None when none is open.
+    conversation_read: bool = False
+    conversation: tuple[Any, ...] | None = None
 
 
 _STATE_COLUMNS = (
@@ -318,16 +324,42 @@ _FACT_COLUMNS = (
     PREFERENCE.c.message_id,
     PREFERENCE.c.channel,
 )
+CONVERSATION = Conversation.__table__  # type: ignore[attr-defined]
+# A conversation row, in the order of :class:`storage.handoff.Conv`'s fields.
+CONVERSATION_COLUMNS = (
+    CONVERSATION.c.id,
+    CONVERSATION.c.customer_id,
+    CONVERSATION.c.state,
+    CONVERSATION.c.reason,
+    CONVERSATION.c.operator,
+    CONVERSATION.c.started_at,
+    CONVERSATION.c.waiting_since,
+    CONVERSATION.c.claimed_at,
+    CONVERSATION.c.first_human_reply_at,
+    CONVERSATION.c.timeout_notified_at,
+    CONVERSATION.c.resolved_at,
+)
+_TURN_FROM = (
+    IDENTITY.join(CUSTOMER, CUSTOMER.c.id == IDENTITY.c.customer_id)
+    .join(STATE, STATE.c.customer_id == CUSTOMER.c.id)
+    .outerjoin(PREFERENCE, PREFERENCE.c.customer_id == CUSTOMER.c.id)
+)
+_BY_ADDRESS = (IDENTITY.c.channel == bindparam("b_channel"), IDENTITY.c.address == bindparam("b_address"))
 # One round trip: the state row (locked) with the customer's preferences, one row per preference.
 _LOCK_TURN = _fixed(
     select(*_STATE_COLUMNS, *_FACT_COLUMNS)
-    .select_from(
-        IDENTITY.join(CUSTOMER, CUSTOMER.c.id == IDENTITY.c.customer_id)
-        .join(STATE, STATE.c.customer_id == CUSTOMER.c.id)
-        .outerjoin(PREFERENCE, PREFERENCE.c.customer_id == CUSTOMER.c.id)
-    )
-    .where(IDENTITY.c.channel == bindparam("b_channel"), IDENTITY.c.address == bindparam("b_address"))
+    .select_from(_TURN_FROM)
+    .where(*_BY_ADDRESS)
     .with_for_update(of=STATE)
+)
+# On SQLite the open conversation comes along (at most one: open_for is unique). Not on
+# PostgreSQL: a turn that waited for the state's lock gets the state as the turn before it left
+# it, but rows of other tables as they were when it started waiting, and the conversation must
+# be read fresh (after the lock). On SQLite every transaction has the database to itself.
+_LOCK_TURN_SQLITE = _fixed(
+    select(*_STATE_COLUMNS, *CONVERSATION_COLUMNS, *_FACT_COLUMNS)
+    .select_from(_TURN_FROM.outerjoin(CONVERSATION, CONVERSATION.c.open_for == CUSTOMER.c.id))
+    .where(*_BY_ADDRESS)
 )
 _FIND_INBOUND = _fixed(
     select(MESSAGE.c.id, MESSAGE.c.customer_id).where(
@@ -371,11 +403,19 @@ def lock_turn(conn: Connection, *, channel: str, address: str) -> TurnState | No
     On PostgreSQL the dialog state row is locked (``FOR UPDATE OF dialog_state``); on SQLite every
     transaction already holds the database's write lock (``BEGIN IMMEDIATE``).
     """
-    rows = _LOCK_TURN.rows(conn, {"b_channel": channel, "b_address": address})
+    sqlite = conn.dialect.name == "sqlite"
+    rows = (_LOCK_TURN_SQLITE if sqlite else _LOCK_TURN).rows(
+        conn, {"b_channel": channel, "b_address": address}
+    )
     if not rows:
         return None
-    n = len(_STATE_COLUMNS)  # the state's columns repeat in each preference's row
+    n = len(_STATE_COLUMNS)  # the state's (and conversation's) columns repeat in each preference's row
     state = TurnState(*rows.row(0, 0, n))
+    if sqlite:
+        m = n + len(CONVERSATION_COLUMNS)
+        state.conversation_read = True
+        state.conversation = rows.row(0, n, m) if rows.raw[0][n] is not None else None
+        n = m
     facts = (Fact(*rows.row(i, n)) for i in range(len(rows)) if rows.raw[i][n] is not None)
     state.facts = {fact.key: fact for fact in facts}
     return state
