@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     default_timezone: str = "UTC"
     proactive_cap: int = Field(default=1, ge=1)
     proactive_cap_days: float = Field(default=7, gt=0)
+    holdout_percent: int = Field(default=10, ge=0, le=100)
     claim_lease_seconds: float = Field(default=10, ge=1, le=600)
     rate_headroom: float = Field(default=0.97, gt=0, le=1)
     proactive_scan_at: time = time(9, 0)  # UTC
@@ -195,6 +196,7 @@ class Settings(BaseSettings):
             cap=self.proactive_cap,
             cap_period=timedelta(days=self.proactive_cap_days),
             channels=self.configured_channels(),
+            holdout_percent=self.holdout_percent,
         )
 
     def nudge_config(self) -> NudgeConfig:

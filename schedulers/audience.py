@@ -30,6 +30,7 @@ from sqlalchemy import Connection, func, select
 
 from schedulers.policy import STANDING_RULES, Contact, PolicyConfig, refusal
 from storage.handoff import with_person
+from storage.holdout import in_holdout
 from storage.models import DeliveryStatus, Direction
 from storage.queries import address_hash
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, SUPPRESSION
@@ -79,11 +80,13 @@ def contacts(
     config: PolicyConfig,
     *,
     declined: Mapping[int, bool] | None = None,
+    offer: bool = False,
 ) -> dict[int, Contact]:
     """The policy's view of each customer (rows with :data:`CUSTOMER_COLUMNS`, in id order),
     read for the whole batch at once; ``prefs`` their stored preferences, ``declined`` whether
     the plan they would be offered was declined lately (the advisor's rule, decided by the
-    caller, which knows the offer)."""
+    caller, which knows the offer); ``offer``: the message is a proactive offer (the scan,
+    nudges), which the measurement holdout never gets (broadcasts are staff announcements)."""
     if not customers:
         return {}
     lo, hi = customers[0].id, customers[-1].id
@@ -108,6 +111,7 @@ def contacts(
             contact_time=prefs.get(c.id, {}).get("contact_time"),
             recent=recent.get(c.id, ()),
             with_person=c.id in handed,
+            holdout=offer and in_holdout(c.id, config.holdout_percent),
         )
     return result
 
@@ -119,6 +123,7 @@ def contact_of(
     *,
     prefs: Mapping[str, Any] | None = None,
     declined: bool = False,
+    offer: bool = False,
 ) -> Contact:
     """One customer's contact facts (the scan and nudges, under the customer's lock);
     ``prefs``: their preferences when the caller has them already."""
@@ -126,7 +131,8 @@ def contact_of(
     if prefs is None:
         query = select(PREFERENCE.c.key, PREFERENCE.c.value).where(PREFERENCE.c.customer_id == customer_id)
         prefs = {row.key: row.value for row in conn.execute(query)}
-    return contacts(conn, [row], {customer_id: prefs}, config, declined={customer_id: declined})[customer_id]
+    found = contacts(conn, [row], {customer_id: prefs}, config, declined={customer_id: declined}, offer=offer)
+    return found[customer_id]
 
 
 def last_moment_refusals(conn: Connection, customer_ids: Iterable[int | None]) -> dict[int | None, str]:

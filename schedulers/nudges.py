@@ -160,7 +160,7 @@ def _one(
     if step.question is None or step.kind != PendingKind.ASK:
         return NudgeSkip.NOTHING_TO_ASK
     prefs = {key: fact.value for key, fact in facts.items()}
-    contact = contact_of(conn, customer_id, policy, prefs=prefs)
+    contact = contact_of(conn, customer_id, policy, prefs=prefs, offer=True)
     channel, address = contact.channel, contact.address
     decision = decide(contact, now, policy)
     if not decision.allowed:

@@ -11,7 +11,7 @@ every timing rule allows:
   conversation (handoff: the bot is quiet meanwhile); the address not suppressed; the plan not
   declined lately (the advisor's rule, passed in as ``declined``); the preferred channel usable
   (configured, and the customer has an address on it); the preferred time of day overlapping
-  the contact window.
+  the contact window; for offers (the scan, nudges), not in the measurement holdout.
 - timing: inside the contact window in the customer's local time (a per-country override may be
   stricter), narrowed to the preferred time of day; within the frequency cap.
 """
@@ -45,6 +45,7 @@ class Skip:
     CONTACT_TIME = "outside_contact_time"
     FREQUENCY_CAP = "frequency_cap"
     WITH_PERSON = "with_person"
+    HOLDOUT = "holdout"  # in the measurement holdout: never offered proactively (storage.holdout)
 
 
 TIMING_REASONS = frozenset({Skip.QUIET_HOURS, Skip.CONTACT_TIME, Skip.FREQUENCY_CAP})
@@ -87,12 +88,15 @@ class PolicyConfig:
     cap: int = 1  # proactive messages ...
     cap_period: timedelta = timedelta(days=7)  # ... per this long
     channels: frozenset[str] = frozenset({"sms", "telegram"})  # channels proactive messages use
+    holdout_percent: int = 0  # share of customers never offered proactively (HOLDOUT_PERCENT)
 
     def __post_init__(self) -> None:
         if self.cap < 1:
             raise ValueError("the frequency cap must allow at least one message per period")
         if self.cap_period <= timedelta(0):
             raise ValueError("the frequency cap period must be positive")
+        if not 0 <= self.holdout_percent <= 100:
+            raise ValueError("the holdout is a percentage, 0 to 100")
         ZoneInfo(self.default_timezone)  # a typo fails at start-up, not at the first send
 
 
@@ -117,6 +121,7 @@ class Contact:
     contact_time: Any = None
     recent: Sequence[datetime] = ()
     with_person: bool = False  # handed to a person (storage.handoff.with_person)
+    holdout: bool = False  # an offer to a customer in the holdout (storage.holdout.in_holdout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,7 @@ EXCLUSION_RULES: tuple[Rule, ...] = (
     Rule(Skip.NO_ADDRESS, lambda c, _: not c.address),
     Rule(Skip.SUPPRESSED, lambda c, _: c.suppressed),
     Rule(Skip.DECLINED, lambda c, _: c.declined),
+    Rule(Skip.HOLDOUT, lambda c, _: c.holdout),
 )
 
 

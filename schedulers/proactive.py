@@ -106,7 +106,7 @@ def _one(
     if not fit.suggest or fit.best_plan is None:
         skip(ScanSkip.NO_SUGGESTION)
         return
-    contact = contact_of(conn, customer_id, config, prefs=prefs, declined=not advice.offer)
+    contact = contact_of(conn, customer_id, config, prefs=prefs, declined=not advice.offer, offer=True)
     channel, address = contact.channel, contact.address
     decision = decide(contact, now, config)
     if decision.excluded:
