@@ -151,11 +151,12 @@ def seed(db: Engine) -> None:
                     confirmed_at=confirmed,
                 )
             )
-        for cid, kind, key, activity, finished in (
+        states: list[tuple[int, str | None, str | None, datetime, datetime | None]] = [
             (1, None, None, at(D1, 13), at(D1, 13)),
             (4, "ask", "monthly_budget", at(D1, 8), None),  # 52 hours ago: dropped off
             (3, "ask", "priority", at(D3, 10), None),  # 2 hours ago: still talking
-        ):
+        ]
+        for cid, kind, key, activity, finished in states:
             conn.execute(
                 insert(STATE).values(
                     customer_id=cid, pending_kind=kind, pending_key=key, last_activity=activity,
