@@ -156,10 +156,10 @@ def seed(db: Engine) -> None:
             (4, "ask", "monthly_budget", at(D1, 8), None),  # 52 hours ago: dropped off
             (3, "ask", "priority", at(D3, 10), None),  # 2 hours ago: still talking
         ]
-        for cid, kind, pending, activity, finished in states:
+        for cid, pending_kind, pending, activity, finished in states:
             conn.execute(
                 insert(STATE).values(
-                    customer_id=cid, pending_kind=kind, pending_key=pending, last_activity=activity,
+                    customer_id=cid, pending_kind=pending_kind, pending_key=pending, last_activity=activity,
                     finished_at=finished, reask_count=0, deferred={}, version=0,
                 )
             )  # fmt: skip
