@@ -38,6 +38,7 @@ from sqlalchemy import (
 from storage.holdout import bucket_sql
 from storage.tables import (
     BILLING_DELIVERY,
+    BROADCAST,
     BROADCAST_RECIPIENT,
     CONVERSATION,
     CUSTOMER,
@@ -559,3 +560,12 @@ def first_activity(conn: Connection) -> date | None:
     """The day of the first message, where a backfill starts."""
     first = conn.execute(select(func.min(MESSAGE.c.created_at))).scalar_one()
     return first.date() if isinstance(first, datetime) else None
+
+
+def broadcast_names(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
+    """Broadcast id -> name, for the ids given."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = conn.execute(select(BROADCAST.c.id, BROADCAST.c.name).where(BROADCAST.c.id.in_(wanted)))
+    return {int(i): str(n) for i, n in rows}
