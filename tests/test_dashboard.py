@@ -289,3 +289,35 @@ def test_holdout_share_in_sql(db: Engine) -> None:
 def test_a_backwards_range_is_refused(db: Engine, bank: QuestionBank) -> None:
     with pytest.raises(ValueError, match="after it ends"):
         rollup(db, bank, NOW, start=D3, end=D1)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_the_rollup_command_backfills_a_range(
+    db: Engine, db_url: str, tmp_path: Any, monkeypatch: Any
+) -> None:
+    import gc
+
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+    from bot.settings import get_settings
+
+    seed(db)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app, ["dashboard", "rollup", "--start", "2026-03-02", "--end", "2026-03-03"]
+        )
+        assert result.exit_code == 0, result.output
+        assert "Rolled up 2 days (2026-03-02 to 2026-03-03)" in result.output
+        bad = CliRunner().invoke(app, ["dashboard", "rollup", "--start", "2026-03-04", "--end", "2026-03-03"])
+        assert bad.exit_code == 2 and "after it ends" in bad.output
+        assert CliRunner().invoke(app, ["dashboard", "rollup", "--end", "March"]).exit_code == 2
+    finally:
+        get_settings.cache_clear()
+        gc.collect()
+    with db.connect() as conn:
+        figures = store.read(conn, D1, D3)
+    assert figures.snapshot_day == D2 and figures.count("sugg.accepted") == 2
