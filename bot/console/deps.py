@@ -138,12 +138,15 @@ def principal(request: Request, ctx: ConsoleDep) -> Principal:
     return found
 
 
+WHO = {Role.OPERATOR: "operators, staff and admins", Role.STAFF: "staff and admins", Role.ADMIN: "admins"}
+
+
 def require(role: Role) -> Callable[[Principal], Principal]:
     """A dependency: the signed-in user, who must have ``role`` (403 otherwise)."""
 
     def check(me: Annotated[Principal, Depends(principal)]) -> Principal:
         if not me.can(role):
-            raise HTTPException(403, f"this page is for {role.value}s")
+            raise HTTPException(403, f"Only {WHO[role]} may open this page.")
         return me
 
     return check
@@ -163,7 +166,7 @@ def require_post(role: Role) -> Callable[[Principal], Principal]:
 
     def check(me: Annotated[Principal, Depends(csrf_ok)]) -> Principal:
         if not me.can(role):
-            raise HTTPException(403, f"this action is for {role.value}s")
+            raise HTTPException(403, f"Only {WHO[role]} may do this.")
         return me
 
     return check

@@ -37,6 +37,7 @@ from schedulers.broadcasts.lifecycle import (
 )
 from schedulers.broadcasts.report import DryRun, Preview, Status, dry_run, list_broadcasts, preview, status
 from schedulers.broadcasts.templates import (
+    MAX_RENDERED,
     OFFER_FIELDS,
     TEMPLATE_FIELDS,
     compile_template,
@@ -48,6 +49,7 @@ from schedulers.broadcasts.templates import (
 __all__ = [
     "BROADCAST_INTENT",
     "CANCELLED",
+    "MAX_RENDERED",
     "OFFER_FIELDS",
     "SEGMENT",
     "TEMPLATE_FIELDS",

@@ -1,0 +1,153 @@
+"""The console staff can trust, over HTTP on SQLite and PostgreSQL (issue #15): bad ids, queries,
+segments and templates are a 4xx with a human error page, never a 5xx."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from schedulers import broadcasts as bc
+from storage.broadcast_models import BROADCAST
+from tests import test_broadcasts, test_console, test_console_broadcasts
+from tests.test_broadcasts import MORNING_NY, SEGMENT, TEMPLATE
+from tests.test_console import Console, login, say
+from tests.test_console_broadcasts import create
+
+console = test_console.console
+book = test_broadcasts.book
+staff = test_console_broadcasts.staff
+
+BAD_IDS = [str(2**31), str(2**63), str(2**64), "99999999999999999999999999", "-1", "0", "abc", "1e3"]
+
+
+def broadcasts_in(db: Engine) -> int:
+    with db.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(BROADCAST)).scalar_one())
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_every_id_route_answers_404_for_an_id_that_cannot_exist(staff: Console, bad: str) -> None:
+    c = staff
+    login(c.client, "admin@example.com")
+    token = c.csrf()
+    pages = [
+        f"/console/customers/{bad}",
+        f"/console/customers/{bad}/transcript",
+        f"/console/customers/{bad}/export",
+        f"/console/inbox/{bad}",
+        f"/console/inbox/{bad}/live",
+        f"/console/broadcasts/{bad}",
+        f"/console/broadcasts/{bad}/dry-run",
+        f"/console/broadcasts/{bad}/status.json",
+    ]
+    for path in pages:
+        response = c.client.get(path)
+        assert response.status_code == 404, (path, response.status_code, response.text[:300])
+    posts = [
+        f"/console/review/{bad}/reviewed",
+        f"/console/review/{bad}/teach",
+        f"/console/review/{bad}/teach-intent",
+        f"/console/taught/{bad}/undo",
+        f"/console/inbox/{bad}/claim",
+        f"/console/inbox/{bad}/reply",
+        f"/console/inbox/{bad}/resolve",
+        f"/console/broadcasts/{bad}/schedule",
+        f"/console/broadcasts/{bad}/cancel",
+        f"/console/admin/users/{bad}/disable",
+    ]
+    for path in posts:
+        response = c.client.post(path, data={"csrf_token": token}, follow_redirects=False)
+        assert response.status_code == 404, (path, response.status_code, response.text[:300])
+
+
+@pytest.mark.parametrize("bad", [str(2**63), "-5", "0", "x"])
+def test_a_before_that_cannot_exist_is_404(console: Console, bad: str) -> None:
+    login(console.client, "op@example.com")
+    response = console.client.get("/console/conversations", params={"before": bad})
+    assert response.status_code == 404
+    assert "text/html" in response.headers["content-type"]
+    assert console.client.get("/console/conversations", params={"before": str(2**31 - 1)}).status_code == 200
+
+
+def test_nul_and_control_characters_in_search_are_ignored(console: Console) -> None:
+    say(console.runtime, "+15550001111", "hi", "evenings please")
+    login(console.client, "op@example.com")
+    nasty = [{"q": "\x00"}, {"q": "even\x00ings"}, {"who": "\x00\x01"}, {"q": "a\x00b", "who": "5\x00"}]
+    for params in nasty:
+        response = console.client.get("/console/conversations", params=params)
+        assert response.status_code == 200, (params, response.text[:300])
+        export = console.client.get("/console/conversations/export", params=params)
+        assert export.status_code == 200, params
+
+
+def test_errors_are_human_pages_not_raw_json(console: Console) -> None:
+    login(console.client, "op@example.com")
+    missing = console.client.get("/console/customers/424242")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("text/html")
+    assert "no such customer" in missing.text and "<h1>Not found</h1>" in missing.text
+    assert "Back to the conversations" in missing.text  # the signed-in layout, with a way on
+
+    forbidden = console.client.get("/console/broadcasts")
+    assert forbidden.status_code == 403
+    assert forbidden.headers["content-type"].startswith("text/html")
+    assert '{"detail"' not in forbidden.text and "this page is for staffs" not in forbidden.text
+    assert "Only staff and admins may open this page." in forbidden.text
+
+    unknown = console.client.get("/console/no-such-page")
+    assert unknown.status_code == 404 and unknown.headers["content-type"].startswith("text/html")
+
+    bad_form = console.client.post("/console/review/1/reviewed", data={"csrf_token": "x" * 500})
+    assert bad_form.status_code == 422 and bad_form.headers["content-type"].startswith("text/html")
+
+    # The JSON routes keep JSON, for the pages' scripts.
+    live = console.client.get("/console/inbox/424242/live")
+    assert live.status_code == 404 and live.headers["content-type"].startswith("application/json")
+    assert live.json()["detail"]
+    # Outside the console, FastAPI's own answers stand.
+    assert console.client.get("/no-such-page").headers["content-type"].startswith("application/json")
+
+
+def test_a_deeply_bracketed_segment_is_a_clear_error(staff: Console) -> None:
+    before = broadcasts_in(staff.db)
+    token = staff.csrf()
+    for segment in ["(" * 5000 + "consent" + ")" * 5000, "not " * 5000 + "consent", "(" * 40 + "consent"]:
+        response = staff.client.post(
+            "/console/broadcasts",
+            data={"name": "deep", "segment": segment[:2000], "template": TEMPLATE, "csrf_token": token},
+        )
+        assert response.status_code == 422, response.text[:300]
+        assert "too deeply nested" in response.text
+    assert broadcasts_in(staff.db) == before
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        ("{{ 'x' * 10**7 }}", "too much for a message"),
+        ("{{ range(10**6)|list|length }}", "cannot be rendered"),
+        ("{{ 9**99**99**99 }}", "too large"),
+        ("{{ 1 / 0 }}", "cannot be rendered"),
+        ("{{ 'x' * 1601 }}", "1,601 characters"),
+        ("Hi {{ name }} " + "word " * 330, "characters"),
+    ],
+)
+def test_templates_that_blow_up_or_render_too_long_are_refused(
+    staff: Console, template: str, says: str
+) -> None:
+    before = broadcasts_in(staff.db)
+    response = staff.client.post(
+        "/console/broadcasts",
+        data={"name": "big", "segment": SEGMENT, "template": template, "csrf_token": staff.csrf()},
+    )
+    assert response.status_code == 422, response.text[:300]
+    assert says in response.text
+    assert broadcasts_in(staff.db) == before
+
+
+def test_a_rendered_message_of_exactly_the_cap_is_accepted(staff: Console) -> None:
+    bid = create(staff, template="{{ 'x' * 1600 }}")
+    assert bid > 0
+    with pytest.raises(bc.BroadcastError, match="1,601"):
+        bc.render(bc.compile_template("{{ 'x' * 1601 }}"), {})
+    assert MORNING_NY  # the staff fixture's clock
