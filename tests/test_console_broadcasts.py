@@ -76,7 +76,7 @@ def counts(page: str, attribute: str) -> dict[str, int]:
 def schedule(c: Console, broadcast_id: int, **form: str) -> Any:
     return c.client.post(
         f"/console/broadcasts/{broadcast_id}/schedule",
-        data={"csrf_token": c.csrf(), **form},
+        data={"csrf_token": c.csrf(), "confirmed": "yes", **form},
         follow_redirects=False,
     )
 

@@ -3,6 +3,11 @@ segments and templates are a 4xx with a human error page, never a 5xx."""
 
 from __future__ import annotations
 
+import html
+import re
+from datetime import timedelta
+from decimal import Decimal
+
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -11,11 +16,12 @@ from storage.broadcast_models import BROADCAST
 from tests import test_broadcasts, test_console, test_console_broadcasts
 from tests.test_broadcasts import MORNING_NY, SEGMENT, TEMPLATE
 from tests.test_console import Console, login, say
-from tests.test_console_broadcasts import create
+from tests.test_console_broadcasts import broadcast_messages, counts, create
 
 console = test_console.console
 book = test_broadcasts.book
 staff = test_console_broadcasts.staff
+unconfigured = test_console_broadcasts.unconfigured
 
 BAD_IDS = [str(2**31), str(2**63), str(2**64), "99999999999999999999999999", "-1", "0", "abc", "1e3"]
 
@@ -151,3 +157,79 @@ def test_a_rendered_message_of_exactly_the_cap_is_accepted(staff: Console) -> No
     with pytest.raises(bc.BroadcastError, match="1,601"):
         bc.render(bc.compile_template("{{ 'x' * 1601 }}"), {})
     assert MORNING_NY  # the staff fixture's clock
+
+
+# -- the confirmation step ---------------------------------------------------------------------------
+
+
+def test_scheduling_first_shows_what_it_will_send_and_cost_and_queues_nothing(staff: Console) -> None:
+    long = TEMPLATE + " 🎉" * 40  # UCS-2: several segments, over SMS_MAX_SEGMENTS (2)
+    bid = create(staff, template=long)
+    token = staff.csrf()
+    for path in (f"/console/broadcasts/{bid}/confirm", f"/console/broadcasts/{bid}/schedule"):
+        page = staff.client.post(path, data={"csrf_token": token, "when": "now"})
+        assert page.status_code == 200, page.text[:500]
+        assert broadcast_messages(staff.db) == {}  # nothing queued before the confirmation
+        settings = staff.runtime.settings
+        expected = bc.confirmation(
+            staff.db, staff.runtime.dialog.advisor, settings.policy_config(), bid, MORNING_NY,
+            price_per_segment=settings.sms_price_per_segment, max_segments=settings.sms_max_segments,
+        )  # fmt: skip
+        dry = bc.dry_run(staff.db, staff.runtime.dialog.advisor, settings.policy_config(), bid, MORNING_NY)
+        assert expected.recipients == dry.would_queue == 3
+        shown = counts(page.text, "confirm")
+        assert shown == {"recipients": 3, "total_segments": expected.total_segments}
+        assert counts(page.text, "channel") == dict(expected.channels)
+        assert counts(page.text, "segments-per-message") == {str(k): v for k, v in expected.segments.items()}
+        total = re.search(r'data-confirm="total_cost">\$([\d.]+)<', page.text)
+        assert total and Decimal(total.group(1)) == expected.total_cost.quantize(Decimal("0.01"))
+        assert expected.total_cost == expected.total_segments * Decimal("0.0079") > 0
+        assert expected.over_budget == 3 and 'id="over-budget"' in page.text
+        assert "Confirm and schedule for 3 recipients" in page.text
+    confirmed = staff.client.post(
+        f"/console/broadcasts/{bid}/schedule",
+        data={"csrf_token": token, "when": "now", "confirmed": "yes"},
+        follow_redirects=False,
+    )
+    assert confirmed.status_code == 303
+    assert len(broadcast_messages(staff.db)) == 3
+
+
+def test_the_confirmation_refuses_when_no_channel_is_configured(unconfigured: Console) -> None:
+    bid = create(unconfigured)
+    for path in ("confirm", "schedule"):
+        response = unconfigured.client.post(
+            f"/console/broadcasts/{bid}/{path}", data={"csrf_token": unconfigured.csrf(), "when": "now"}
+        )
+        assert response.status_code == 422
+        assert "no channel is configured" in html.unescape(response.text)
+        assert "Confirm and schedule" not in response.text
+    assert broadcast_messages(unconfigured.db) == {}
+
+
+def test_the_preview_shows_the_text_as_sent_and_warns_over_the_segment_budget(staff: Console) -> None:
+    short = create(staff, name="short")
+    page = staff.client.get(f"/console/broadcasts/{short}").text
+    assert "data-over-budget" not in page and "data-cut" not in page
+    long = create(staff, template=TEMPLATE + " 🎉" * 40, name="long")
+    page = staff.client.get(f"/console/broadcasts/{long}").text
+    assert len(re.findall(r'data-over-budget="\d+"', page)) == 3
+    assert "over the budget of 2 (SMS_MAX_SEGMENTS)" in page
+    # Look-alikes are replaced as the SMS sender does: the preview shows that text.
+    curly = create(staff, template="Hi {{ name }} — “thanks”", name="curly")
+    page = html.unescape(staff.client.get(f"/console/broadcasts/{curly}").text)
+    assert 'Hi Dana - "thanks"' in page
+
+
+def test_polling_a_broadcasts_status_does_not_keep_the_session_alive(staff: Console) -> None:
+    bid = create(staff)
+    staff.client.post(
+        f"/console/broadcasts/{bid}/schedule",
+        data={"csrf_token": staff.csrf(), "when": "now", "confirmed": "yes"},
+    )
+    for _ in range(4):  # an open page polling for 40 minutes
+        staff.clock.now += timedelta(minutes=10)
+        assert staff.client.get(f"/console/broadcasts/{bid}/status.json").status_code == 200
+    staff.clock.now += timedelta(minutes=1)  # 41 minutes since the last real request
+    expired = staff.client.get(f"/console/broadcasts/{bid}/status.json", follow_redirects=False)
+    assert expired.status_code == 303 and "/console/login" in expired.headers["location"]

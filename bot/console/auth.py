@@ -153,8 +153,11 @@ class Principal:
         return self.role.rank >= role.rank
 
 
-def resume_session(conn: Connection, *, token: str, config: ConsoleConfig) -> Principal | None:
-    """The session's user, touching it; None (and the session ended) when idle too long."""
+def resume_session(
+    conn: Connection, *, token: str, config: ConsoleConfig, touch: bool = True
+) -> Principal | None:
+    """The session's user, touching it (unless ``touch`` is False: a page's background poll is
+    not activity); None (and the session ended) when idle too long."""
     now = config.clock()
     digest = _digest(token)
     row = q.session_user(conn, token_hash=digest)
@@ -163,7 +166,8 @@ def resume_session(conn: Connection, *, token: str, config: ConsoleConfig) -> Pr
     if now - row["last_seen_at"] > config.idle_timeout:
         end_session(conn, token_hash=digest)
         return None
-    q.touch_session(conn, token_hash=digest, now=now)
+    if touch:
+        q.touch_session(conn, token_hash=digest, now=now)
     return Principal(row["id"], row["email"], Role(row["role"]), row["csrf_token"], digest)
 
 

@@ -123,13 +123,19 @@ def describe(bank: QuestionBank, key: str | None, value: Any) -> str:
 # -- who is asking --------------------------------------------------------------------------------
 
 
+def is_poll(request: Request) -> bool:
+    """A page's background poll (``*.json``, ``live``): it does not keep the session alive."""
+    path = request.url.path
+    return request.method == "GET" and (path.endswith(".json") or path.endswith("/live"))
+
+
 def principal(request: Request, ctx: ConsoleDep) -> Principal:
     """The signed-in user; to the login page (303) when there is none."""
     token = request.cookies.get(COOKIE)
     found = None
     if token:
         with ctx.db.begin() as conn:
-            found = auth.resume_session(conn, token=token, config=ctx.config)
+            found = auth.resume_session(conn, token=token, config=ctx.config, touch=not is_poll(request))
     if found is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         location = f"{PREFIX}/login?" + urlencode({"next": target})

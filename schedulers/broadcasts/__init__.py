@@ -35,7 +35,18 @@ from schedulers.broadcasts.lifecycle import (
     settle,
     state_of,
 )
-from schedulers.broadcasts.report import DryRun, Preview, Status, dry_run, list_broadcasts, preview, status
+from schedulers.broadcasts.report import (
+    Confirmation,
+    DryRun,
+    Preview,
+    Status,
+    confirmation,
+    dry_run,
+    list_broadcasts,
+    preview,
+    sent_text,
+    status,
+)
 from schedulers.broadcasts.templates import (
     MAX_RENDERED,
     OFFER_FIELDS,
@@ -55,6 +66,7 @@ __all__ = [
     "TEMPLATE_FIELDS",
     "TRANSITIONS",
     "BroadcastError",
+    "Confirmation",
     "DryRun",
     "Facts",
     "Preview",
@@ -62,6 +74,7 @@ __all__ = [
     "Status",
     "cancel",
     "compile_template",
+    "confirmation",
     "create",
     "dry_run",
     "facts_batch",
@@ -78,6 +91,7 @@ __all__ = [
     "progress",
     "render",
     "send",
+    "sent_text",
     "settle",
     "state_of",
     "status",
