@@ -8,7 +8,6 @@ the way back makes us send again: delivery is at least once).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
 import json
@@ -21,6 +20,7 @@ import httpx
 from sqlalchemy import Engine, insert, or_, select, update
 
 from schedulers.delivery import RetryPolicy
+from storage.csv_safe import SafeWriter
 from storage.outreach_models import BILLING_DELIVERY
 from storage.tables import CUSTOMER, SWITCH_REQUEST
 
@@ -168,13 +168,11 @@ def export_switches(db: Engine, out: TextIO, since: datetime | None = None) -> i
     )
     if since is not None:
         query = query.where(SWITCH_REQUEST.c.created_at >= since)
-    writer = csv.writer(out)
+    writer = SafeWriter(out)
     writer.writerow(EXPORT_COLUMNS)
     n = 0
     with db.connect() as conn:
         for row in conn.execute(query):
-            writer.writerow(
-                ["" if v is None else v.isoformat() if isinstance(v, datetime) else v for v in row]
-            )
+            writer.writerow(row)  # None empty, times ISO, text formula-safe
             n += 1
     return n
