@@ -11,11 +11,13 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import Engine, func, select
 
+from dialogs import taught
 from schedulers import broadcasts as bc
 from storage.broadcast_models import BROADCAST
+from storage.tables import MESSAGE
 from tests import test_broadcasts, test_console, test_console_broadcasts
 from tests.test_broadcasts import MORNING_NY, SEGMENT, TEMPLATE
-from tests.test_console import Console, login, say
+from tests.test_console import Console, login, login_then, say
 from tests.test_console_broadcasts import broadcast_messages, counts, create
 
 console = test_console.console
@@ -233,3 +235,81 @@ def test_polling_a_broadcasts_status_does_not_keep_the_session_alive(staff: Cons
     staff.clock.now += timedelta(minutes=1)  # 41 minutes since the last real request
     expired = staff.client.get(f"/console/broadcasts/{bid}/status.json", follow_redirects=False)
     assert expired.status_code == 303 and "/console/login" in expired.headers["location"]
+
+
+# -- teaching ---------------------------------------------------------------------------------------
+
+
+def test_the_teach_menus_preselect_no_answer(console: Console) -> None:
+    say(console.runtime, "+14155550301", "hi", "carrier pigeon")
+    login(console.client, "op@example.com")
+    page = console.client.get("/console/review").text
+    assert "carrier pigeon" in page
+    assert re.findall(r'<option value="[^"]+"[^>]*selected', page) == []  # no real answer chosen
+    assert '<option value="" selected disabled>Choose what it meant…</option>' in page
+    assert '<option value="" selected disabled>Choose an intent…</option>' in page
+    assert page.count(" required>") >= 2
+
+
+def _option(console: Console, key: str, value: str) -> str:
+    question = console.runtime.bank[key]
+    return f"{key}:{next(i for i, o in enumerate(question.options) if o.value == value)}"
+
+
+def test_teaching_an_answer_refuses_conflicts_and_messages_outside_the_queue(console: Console) -> None:
+    first = say(console.runtime, "+14155550302", "hi", "carrier pigeon")[1]
+    second = say(console.runtime, "+14155550303", "hi", "Carrier pigeon")[1]
+    understood = say(console.runtime, "+14155550304", "hi", "sms")[1]
+    login(console.client, "op@example.com")
+    token = console.csrf()
+    sms, telegram = (
+        _option(console, "contact_channel", "sms"),
+        _option(console, "contact_channel", "telegram"),
+    )
+    ok = console.client.post(f"/console/review/{first}/teach", data={"csrf_token": token, "answer": sms})
+    assert ok.status_code == 200 and "Taught" in ok.text
+    conflict = console.client.post(
+        f"/console/review/{second}/teach", data={"csrf_token": token, "answer": telegram}
+    )
+    assert conflict.status_code == 422
+    assert "already taught as answer contact_channel=sms" in html.unescape(conflict.text)
+    outside = console.client.post(
+        f"/console/review/{understood}/teach", data={"csrf_token": token, "answer": sms}
+    )
+    assert outside.status_code == 422 and "not waiting for review" in outside.text
+    again = console.client.post(f"/console/review/{first}/teach", data={"csrf_token": token, "answer": sms})
+    assert again.status_code == 422 and "already reviewed" in again.text
+    nothing = console.client.post(f"/console/review/{second}/teach", data={"csrf_token": token, "answer": ""})
+    assert nothing.status_code == 422
+    with console.db.connect() as conn:
+        rows = taught.list_taught(conn)
+        assert [(t.phrase, t.value) for t in rows] == [("carrier pigeon", "sms")]
+        assert conn.execute(select(MESSAGE.c.needs_review).where(MESSAGE.c.id == second)).scalar_one()
+
+
+def test_teach_after_the_session_expired_logs_in_and_returns_to_the_form(console: Console) -> None:
+    message = say(console.runtime, "+14155550305", "hi", "gimme the head honcho")[1]
+    login(console.client, "op@example.com")
+    token = console.csrf()
+    console.clock.now += timedelta(hours=2)  # the session ends while the review page is open
+    response = console.client.post(
+        f"/console/review/{message}/teach-intent",
+        data={"csrf_token": token, "intent": "handoff"},
+        headers={"referer": "http://testserver/console/review"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == "/console/login?next=%2Fconsole%2Freview"
+    back = login_then(console.client, response.headers["location"], "/console/review")
+    assert back == "/console/review"
+    page = console.client.get(back)
+    assert page.status_code == 200 and "gimme the head honcho" in page.text  # still there to teach
+    # Without a usable referer: the conversations, never the POST-only address (405).
+    console.clock.now += timedelta(hours=2)
+    response = console.client.post(
+        f"/console/review/{message}/teach-intent",
+        data={"csrf_token": token, "intent": "handoff"},
+        headers={"referer": "http://evil.example/console/review"},
+        follow_redirects=False,
+    )
+    assert response.headers["location"] == "/console/login?next=%2Fconsole%2Fconversations"
