@@ -457,6 +457,21 @@ def disable_user(conn: Connection, *, user_id: int, now: datetime) -> bool:
     return result.rowcount > 0
 
 
+def user_by_email(conn: Connection, *, email: str) -> RowMapping | None:
+    """The account with this (lower-case) e-mail, or None."""
+    return conn.execute(select(USER).where(USER.c.email == email)).mappings().first()
+
+
+def login_failures(conn: Connection, *, ip: str, since: datetime, actions: Sequence[str]) -> int:
+    """Failed logins (audit events of ``actions``) from ``ip`` since ``since``."""
+    query = (
+        select(func.count())
+        .select_from(AUDIT)
+        .where(AUDIT.c.at >= since, AUDIT.c.ip == ip, AUDIT.c.action.in_(list(actions)))
+    )
+    return int(conn.execute(query).scalar_one())
+
+
 def user_exists(conn: Connection, *, email: str) -> bool:
     """Whether a console account has this (lower-case) e-mail."""
     return conn.execute(select(USER.c.id).where(USER.c.email == email)).first() is not None
