@@ -313,3 +313,20 @@ def test_teach_after_the_session_expired_logs_in_and_returns_to_the_form(console
         follow_redirects=False,
     )
     assert response.headers["location"] == "/console/login?next=%2Fconsole%2Fconversations"
+
+
+# -- pages ------------------------------------------------------------------------------------------
+
+
+def test_text_search_finds_words_by_their_beginning(console: Console) -> None:
+    say(console.runtime, "+14155550401", "hi", "evenings are best for me")
+    say(console.runtime, "+14155550402", "hi", "mornings please")
+    login(console.client, "op@example.com")
+    for query in ("evening", "evenings", "EVEN", "even best", "evenings!"):
+        page = console.client.get("/console/conversations", params={"q": query}).text
+        assert "evenings are best for me" in html.unescape(page), query
+        assert "mornings please" not in page, query
+    page = console.client.get("/console/conversations", params={"q": "evening morning"}).text
+    assert "evenings are best" not in page  # every word is required
+    for nasty in ("a & | ! : * ' ( )", "' OR 1=1 --", '"*', "_", ":*", "&"):
+        assert console.client.get("/console/conversations", params={"q": nasty}).status_code == 200, nasty
