@@ -6,7 +6,6 @@ memory in every format.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from enum import StrEnum
 from typing import Any, TextIO
 
 from plans.fit import Fit
+from storage.csv_safe import SafeWriter
 
 COLUMNS = (
     "external_id",
@@ -49,7 +49,7 @@ class Totals:
 def write_report(fits: Iterable[tuple[str | None, Fit]], out: TextIO, fmt: Format) -> Totals:
     """Write one row per customer to ``out``; the totals of suggested savings."""
     totals = Totals()
-    writer = csv.writer(out) if fmt is Format.CSV else None
+    writer = SafeWriter(out) if fmt is Format.CSV else None
     if writer is not None:
         writer.writerow(COLUMNS)
     elif fmt is Format.TABLE:

@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     console_idle_minutes: float = Field(default=30, gt=0)
     console_max_failures: int = Field(default=5, ge=1)
     console_lockout_minutes: float = Field(default=15, gt=0)
+    console_login_failures_per_minute: int = Field(default=10, ge=1)
 
     @field_validator("log_level", "library_log_level")
     @classmethod

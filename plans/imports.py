@@ -24,6 +24,7 @@ from zoneinfo import available_timezones
 
 from sqlalchemy import Engine
 
+from storage.csv_safe import SafeWriter
 from storage.phones import to_e164
 from storage.plan_queries import plan_ids
 from storage.queries import save_customer
@@ -189,7 +190,7 @@ class _Rejects:
     def add(self, line: int, reason: str, raw: str) -> None:
         if self._file is None:
             self._file = self.path.open("w", encoding="utf-8", newline="", errors="surrogateescape")
-            self._writer = csv.writer(self._file)
+            self._writer = SafeWriter(self._file)
             self._writer.writerow(["line", "reason", "row"])
         self._writer.writerow([line, reason, raw])
         self.count += 1

@@ -8,7 +8,6 @@ the way back makes us send again: delivery is at least once).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
 import json
@@ -22,6 +21,7 @@ from sqlalchemy import Engine
 
 from schedulers.delivery import RetryPolicy
 from storage import billing_queries
+from storage.csv_safe import SafeWriter
 
 REQUESTED, SENT = "requested", "sent_to_billing"
 
@@ -132,13 +132,11 @@ EXPORT_COLUMNS = (
 
 def export_switches(db: Engine, out: TextIO, since: datetime | None = None) -> int:
     """Write switch requests (made at or after ``since``) as CSV to ``out``; the number written."""
-    writer = csv.writer(out)
+    writer = SafeWriter(out)
     writer.writerow(EXPORT_COLUMNS)
     n = 0
     with db.connect() as conn:
         for row in billing_queries.switch_export_rows(conn, since=since):
-            writer.writerow(
-                ["" if v is None else v.isoformat() if isinstance(v, datetime) else v for v in row]
-            )
+            writer.writerow(row)  # None empty, times ISO, text formula-safe
             n += 1
     return n

@@ -51,6 +51,9 @@ FIELDS: Mapping[str, Kind] = {
 FUNCTIONS: Mapping[str, Kind] = {"avg": "num", "over": "num", "pref": "any"}
 OPERATORS = ("==", "!=", "<=", ">=", "<", ">")
 KEYWORDS = frozenset({"and", "or", "not", "in", "true", "false", "null"})
+MAX_DEPTH = 32
+"""The deepest nesting of brackets and ``not`` an expression may have (a clear error past it,
+never a RecursionError)."""
 
 
 class SegmentError(ValueError):
@@ -169,6 +172,17 @@ class _Parser:
         self.source = source
         self.tokens = tokenize(source)
         self.i = 0
+        self.depth = 0
+
+    def nest(self) -> None:
+        """One level deeper (a bracket or a ``not``); too deep raises SegmentError."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise SegmentError(
+                f"too deeply nested: at most {MAX_DEPTH} levels of brackets and not",
+                self.token.position,
+                self.source,
+            )
 
     @property
     def token(self) -> Token:
@@ -213,14 +227,19 @@ class _Parser:
 
     def not_(self) -> Node:
         if self.keyword("not"):
-            return Not(self.not_())
+            self.nest()
+            node = Not(self.not_())
+            self.depth -= 1
+            return node
         return self.primary()
 
     def primary(self) -> Node:
         if self.token.kind == "(":
             self.i += 1
+            self.nest()
             node = self.or_()
             self.expect(")", '")"')
+            self.depth -= 1
             return node
         term, kind = self.term()
         token = self.token

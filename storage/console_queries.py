@@ -87,12 +87,22 @@ _FTS_TOKEN = re.compile(r"\S+")
 
 
 def fts5_query(user_text: str) -> str:
-    """A customer's search text as a safe FTS5 query: every word a quoted string, all required.
+    """A customer's search text as a safe FTS5 query: every word a quoted string, all required,
+    each a prefix ("evening" finds "evenings").
 
     Quoting makes ``"``, ``*``, ``NEAR``, ``AND``, ``-`` and ``:`` plain text rather than syntax.
     """
     words = _FTS_TOKEN.findall(user_text)[:16]
-    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+    return " ".join('"' + w.replace('"', '""') + '"*' for w in words)
+
+
+_TS_WORD = re.compile(r"[^\W_]+")
+
+
+def tsquery_prefix(user_text: str) -> str:
+    """A search text as a PostgreSQL ``to_tsquery`` of prefixes (``evening:* & pleas:*``): only
+    word characters reach it, so nothing in the text is tsquery syntax."""
+    return " & ".join(f"{w}:*" for w in _TS_WORD.findall(user_text.lower())[:16])
 
 
 _FTS = table(FTS_TABLE, column("rowid"), column(FTS_TABLE))
@@ -112,7 +122,10 @@ def _text_condition(conn: Connection, query: str) -> ColumnElement[bool] | None:
     if conn.dialect.name == "postgresql":
         # Matches the expression of the GIN index ix_message_text_fts exactly.
         vector = func.to_tsvector(literal_column("'simple'"), MESSAGE.c.text)
-        return and_(SEARCHABLE, vector.op("@@")(func.plainto_tsquery(literal_column("'simple'"), query)))
+        prefixes = tsquery_prefix(query)
+        if not prefixes:
+            return None
+        return and_(SEARCHABLE, vector.op("@@")(func.to_tsquery(literal_column("'simple'"), prefixes)))
     if conn.dialect.name == "sqlite":
         match = fts5_query(query)
         if not match.replace('"', "").strip():
@@ -455,6 +468,21 @@ def disable_user(conn: Connection, *, user_id: int, now: datetime) -> bool:
         update(USER).where(USER.c.id == user_id, USER.c.disabled_at.is_(None)).values(disabled_at=now)
     )
     return result.rowcount > 0
+
+
+def user_by_email(conn: Connection, *, email: str) -> RowMapping | None:
+    """The account with this (lower-case) e-mail, or None."""
+    return conn.execute(select(USER).where(USER.c.email == email)).mappings().first()
+
+
+def login_failures(conn: Connection, *, ip: str, since: datetime, actions: Sequence[str]) -> int:
+    """Failed logins (audit events of ``actions``) from ``ip`` since ``since``."""
+    query = (
+        select(func.count())
+        .select_from(AUDIT)
+        .where(AUDIT.c.at >= since, AUDIT.c.ip == ip, AUDIT.c.action.in_(list(actions)))
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 def user_exists(conn: Connection, *, email: str) -> bool:

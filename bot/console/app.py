@@ -9,6 +9,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.console.auth import ConsoleConfig
+from bot.console.errors import install_error_pages
 from bot.console.routes import PREFIX, console_router
 from bot.runtime import Runtime
 
@@ -51,7 +52,9 @@ class SecurityHeaders:
 
 
 def mount_console(app: FastAPI, runtime: Runtime, config: ConsoleConfig | None = None) -> None:
-    """Serve the console (pages, static files, security headers) on ``app`` under ``/console``."""
+    """Serve the console (pages, static files, security headers, error pages) on ``app`` under
+    ``/console``."""
     app.include_router(console_router(runtime, config))
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
     app.add_middleware(SecurityHeaders)
+    install_error_pages(app)

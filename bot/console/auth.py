@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from bot.settings import Settings
 
 MIN_PASSWORD = 12
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# An address as people type them: no markup, quotes, spaces or control characters anywhere.
+_EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}$")
 _hasher = PasswordHasher()
 # Verified against when the e-mail is unknown, so a miss costs as long as a wrong password.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
@@ -38,14 +39,17 @@ class ConsoleConfig:
     max_failures: int = 5
     lockout: timedelta = timedelta(minutes=15)
     clock: Callable[[], datetime] = field(default=utcnow)
+    login_failures_per_minute: int = 10  # per client address, then 429 until the minute has passed
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConsoleConfig:
-        """Read ``console_idle_minutes``, ``console_max_failures`` and ``console_lockout_minutes``."""
+        """Read ``console_idle_minutes``, ``console_max_failures``, ``console_lockout_minutes`` and
+        ``console_login_failures_per_minute``."""
         return cls(
             idle_timeout=timedelta(minutes=settings.console_idle_minutes),
             max_failures=settings.console_max_failures,
             lockout=timedelta(minutes=settings.console_lockout_minutes),
+            login_failures_per_minute=settings.console_login_failures_per_minute,
         )
 
 
@@ -61,16 +65,28 @@ def _verify(password_hash: str, password: str) -> bool:
         return False
 
 
+def check_email(email: str) -> str:
+    """The e-mail, trimmed and lower-case; ValueError unless it is a plain address."""
+    email = email.strip().lower()
+    if not _EMAIL.match(email) or len(email) > 320:
+        raise ValueError(f"{email!r} is not an e-mail address")
+    return email
+
+
+def check_role(role: str) -> Role:
+    """The role named ``role``; ValueError for any other name."""
+    if role not in {r.value for r in Role}:
+        raise ValueError(f"role must be one of {', '.join(r.value for r in Role)}")
+    return Role(role)
+
+
 def add_user(session: Session, email: str, role: str, password: str | None) -> tuple[User, str | None]:
     """Create a console account; without a password one is generated and returned (show it once).
 
     Raises ValueError for a malformed e-mail, an unknown role, a short password or a taken e-mail.
     """
-    email = email.strip().lower()
-    if not _EMAIL.match(email) or len(email) > 320:
-        raise ValueError(f"{email!r} is not an e-mail address")
-    if role not in {r.value for r in Role}:
-        raise ValueError(f"role must be one of {', '.join(r.value for r in Role)}")
+    email = check_email(email)
+    check_role(role)
     generated = None
     if password is None:
         password = generated = secrets.token_urlsafe(15)
@@ -104,9 +120,10 @@ def authenticate(conn: Connection, *, email: str, password: str, config: Console
     now = config.clock()
     row = q.user_for_login(conn, email=email)
     if row is None:
-        _verify(_DUMMY_HASH, password)
+        _verify(_DUMMY_HASH, password)  # as long as for a known account: no enumeration by timing
         return LoginResult(LoginOutcome.BAD, email=email)
     if row["locked_until"] is not None and row["locked_until"] > now:
+        _verify(row["password_hash"], password)  # the same work as any other answer
         return LoginResult(LoginOutcome.LOCKED, row["id"], email)
     if not _verify(row["password_hash"], password):
         failures = row["failed_logins"] + 1
@@ -153,8 +170,11 @@ class Principal:
         return self.role.rank >= role.rank
 
 
-def resume_session(conn: Connection, *, token: str, config: ConsoleConfig) -> Principal | None:
-    """The session's user, touching it; None (and the session ended) when idle too long."""
+def resume_session(
+    conn: Connection, *, token: str, config: ConsoleConfig, touch: bool = True
+) -> Principal | None:
+    """The session's user, touching it (unless ``touch`` is False: a page's background poll is
+    not activity); None (and the session ended) when idle too long."""
     now = config.clock()
     digest = _digest(token)
     row = q.session_user(conn, token_hash=digest)
@@ -163,7 +183,8 @@ def resume_session(conn: Connection, *, token: str, config: ConsoleConfig) -> Pr
     if now - row["last_seen_at"] > config.idle_timeout:
         end_session(conn, token_hash=digest)
         return None
-    q.touch_session(conn, token_hash=digest, now=now)
+    if touch:
+        q.touch_session(conn, token_hash=digest, now=now)
     return Principal(row["id"], row["email"], Role(row["role"]), row["csrf_token"], digest)
 
 
@@ -185,3 +206,84 @@ def purge_idle_sessions(conn: Connection, *, config: ConsoleConfig) -> int:
 def count_users(conn: Connection) -> int:
     """How many console accounts exist."""
     return q.count_users(conn)
+
+
+# -- account management (console and CLI) ------------------------------------------------------------
+
+
+class AccountAction(StrEnum):
+    """What an admin may do to an account; the audit log's action is ``user_<value>``."""
+
+    UNLOCK = "unlocked"
+    RESET = "password_reset"
+    ROLE = "role_changed"
+    DISABLE = "disabled"
+    ENABLE = "enabled"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountChange:
+    """What :func:`manage` did: to whom, and a generated password to show once (reset only)."""
+
+    email: str
+    action: AccountAction
+    detail: dict[str, Any]
+    password: str | None = None
+
+
+def manage(
+    conn: Connection,
+    *,
+    email: str,
+    action: AccountAction,
+    actor: str,
+    now: datetime,
+    role: str | None = None,
+    ip: str | None = None,
+) -> AccountChange:
+    """Unlock, reset the password of (a generated one, shown once), change the role of, disable or
+    enable the account ``email``; audited. Disabling, a reset and a role change end the account's
+    sessions. ValueError when there is no such account or the change makes no sense."""
+    row = q.user_by_email(conn, email=email.strip().lower())
+    if row is None:
+        raise ValueError(f"no account {email!r}")
+    values: dict[str, Any]
+    detail: dict[str, Any] = {}
+    password = None
+    if action is AccountAction.UNLOCK:
+        values = {"failed_logins": 0, "locked_until": None}
+    elif action is AccountAction.RESET:
+        password = secrets.token_urlsafe(15)
+        values = {"password_hash": hash_password(password), "failed_logins": 0, "locked_until": None}
+    elif action is AccountAction.ROLE:
+        new = check_role(role or "")
+        if row["email"] == actor and new is not Role.ADMIN:
+            raise ValueError("you cannot take the admin role from your own account")
+        values, detail = {"role": new.value}, {"from": row["role"], "to": new.value}
+    elif action is AccountAction.DISABLE:
+        if row["email"] == actor:
+            raise ValueError("you cannot disable your own account")
+        if row["disabled_at"] is not None:
+            raise ValueError(f"{row['email']} is already disabled")
+        values = {"disabled_at": now}
+    else:
+        if row["disabled_at"] is None:
+            raise ValueError(f"{row['email']} is not disabled")
+        values = {"disabled_at": None, "failed_logins": 0, "locked_until": None}
+    q.update_user(conn, user_id=row["id"], values=values)
+    if action in (AccountAction.RESET, AccountAction.ROLE, AccountAction.DISABLE):
+        end_user_sessions(conn, user_id=row["id"])
+    q.audit(
+        conn, action=f"user_{action.value}", actor=actor, target=row["email"], detail=detail, ip=ip, now=now
+    )
+    return AccountChange(row["email"], action, detail, password)
+
+
+def login_throttled(conn: Connection, *, ip: str | None, config: ConsoleConfig) -> bool:
+    """Whether the address had ``login_failures_per_minute`` failed logins in the last minute
+    (then it is refused before any password is checked)."""
+    if ip is None:
+        return False
+    since = config.clock() - timedelta(minutes=1)
+    failures = q.login_failures(conn, ip=ip, since=since, actions=(LoginOutcome.BAD, LoginOutcome.LOCKED))
+    return failures >= config.login_failures_per_minute

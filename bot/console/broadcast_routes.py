@@ -6,7 +6,9 @@ live progress (``status.json``), cancelling and results. A thin layer over
 # No `from __future__ import annotations` here: FastAPI must see the local Annotated aliases.
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -14,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from bot.console.auth import Principal
 from bot.runtime import Runtime
+from dialogs.sms_segments import MAX_CHARS, Estimate, estimate
 from plans.fit import Catalog
 from schedulers import broadcasts as bc
 from schedulers.segment_filter import FIELDS, FUNCTIONS, check_metrics, parse
@@ -40,6 +43,29 @@ _NOTICES = {
 }
 
 Render = Callable[..., HTMLResponse]
+
+
+@dataclass(frozen=True, slots=True)
+class SentPreview:
+    """A preview as it will be sent: the text after the channel's own fitting (SMS: cut at
+    1,600 characters), its cost, and whether it was cut or is over the segment budget."""
+
+    customer_id: int
+    name: str | None
+    channel: str | None
+    text: str
+    estimate: Estimate
+    cut: bool
+    over_budget: bool
+
+
+def sent_preview(p: bc.Preview, price: Decimal, max_segments: int) -> SentPreview:
+    """``p`` as the channel will send it."""
+    text = bc.sent_text(p.text, p.channel)
+    cost = estimate(text, price)
+    cut = p.channel == "sms" and len(text) < len(p.text) and text.endswith("...")
+    over = p.channel == "sms" and cost.segments > max_segments
+    return SentPreview(p.customer_id, p.name, p.channel, text, cost, cut, over)
 
 
 def status_json(s: bc.Status) -> dict[str, Any]:
@@ -157,22 +183,21 @@ def broadcast_router(
         row = broadcast_row(broadcast_id)
         now = clock()
         policy = runtime.policy
-        previews: list[bc.Preview] = []
+        price = runtime.settings.sms_price_per_segment
+        max_segments = runtime.settings.sms_max_segments
+        previews: list[SentPreview] = []
         preview_error = ""
         report = None
         progress = None
         state = row["status"]
         if state == BroadcastStatus.DRAFT:
             try:
-                previews = bc.preview(
-                    db,
-                    advisor,
-                    policy,
-                    broadcast_id,
-                    now,
-                    price_per_segment=runtime.settings.sms_price_per_segment,
-                    limit=PREVIEW_COUNT,
-                )
+                previews = [
+                    sent_preview(p, price, max_segments)
+                    for p in bc.preview(
+                        db, advisor, policy, broadcast_id, now, price_per_segment=price, limit=PREVIEW_COUNT
+                    )
+                ]
             except bc.BroadcastError as exc:  # a customer's facts the template cannot render
                 preview_error = str(exc)
         else:
@@ -196,6 +221,8 @@ def broadcast_router(
             live=state in LIVE,
             cancellable=state in CANCELLABLE,
             poll_ms=POLL_MS,
+            max_segments=max_segments,
+            max_chars=MAX_CHARS,
             notice=_NOTICES.get(done, ""),
             error=error,
             schedule=schedule or {"when": "now", "at": "", "local_time": ""},
@@ -261,6 +288,63 @@ def broadcast_router(
             raise HTTPException(404, "no such broadcast") from None
         return JSONResponse(status_json(found), headers={"Cache-Control": "no-store"})
 
+    def when_of(
+        row: Mapping[str, Any], when: str, at: str, local_time: str
+    ) -> tuple[datetime | None, str | None]:
+        """The schedule form as (start, local time); ValueError when it cannot be scheduled."""
+        now = clock()
+        if row["status"] != BroadcastStatus.DRAFT:  # say a second click on Schedule
+            raise ValueError(f"this broadcast is {row['status']}: it is scheduled once")
+        if not runtime.policy.channels:
+            raise ValueError(f"it cannot be sent: {bc.DryRun(no_channel=True).no_channel_reason}")
+        if when == "at":
+            return _start(at, now), None
+        if when == "local":
+            return None, f"{bc.parse_local_time(local_time):%H:%M}"
+        if when != "now":
+            raise ValueError("choose now, a date and time, or a local time")
+        return None, None
+
+    def confirm_page(request: Request, broadcast_id: int, when: str, at: str, local_time: str) -> Response:
+        """The confirmation step: who, on which channels, how many segments and what it costs."""
+        row = broadcast_row(broadcast_id)
+        form = {"when": when, "at": at, "local_time": local_time}
+        try:
+            start, local = when_of(row, when, at, local_time)
+            summary = bc.confirmation(
+                db,
+                advisor,
+                runtime.policy,
+                broadcast_id,
+                clock(),
+                price_per_segment=runtime.settings.sms_price_per_segment,
+                max_segments=runtime.settings.sms_max_segments,
+            )
+        except ValueError as exc:  # BroadcastError too
+            return page(request, broadcast_id, status_code=422, error=str(exc), schedule=form)
+        return render(
+            request,
+            "broadcast_confirm.html",
+            b=row,
+            c=summary,
+            schedule=form,
+            start=start,
+            local=local,
+            max_segments=runtime.settings.sms_max_segments,
+            price=runtime.settings.sms_price_per_segment,
+        )
+
+    @router.post("/{broadcast_id}/confirm")
+    def confirm(
+        request: Request,
+        me: StaffPost,
+        broadcast_id: int,
+        when: Annotated[str, Form(max_length=8)] = "now",
+        at: Annotated[str, Form(max_length=40)] = "",
+        local_time: Annotated[str, Form(max_length=8)] = "",
+    ) -> Response:
+        return confirm_page(request, broadcast_id, when, at, local_time)
+
     @router.post("/{broadcast_id}/schedule")
     def schedule(
         request: Request,
@@ -269,19 +353,14 @@ def broadcast_router(
         when: Annotated[str, Form(max_length=8)] = "now",
         at: Annotated[str, Form(max_length=40)] = "",
         local_time: Annotated[str, Form(max_length=8)] = "",
+        confirmed: Annotated[str, Form(max_length=8)] = "",
     ) -> Response:
+        if confirmed != "yes":  # nothing is queued before staff saw what it will cost
+            return confirm_page(request, broadcast_id, when, at, local_time)
         row = broadcast_row(broadcast_id)
         now = clock()
-        start, local = None, None
         try:
-            if row["status"] != BroadcastStatus.DRAFT:  # say a second click on Schedule
-                raise ValueError(f"this broadcast is {row['status']}: it is scheduled once")
-            if when == "at":
-                start = _start(at, now)
-            elif when == "local":
-                local = f"{bc.parse_local_time(local_time):%H:%M}"
-            elif when != "now":
-                raise ValueError("choose now, a date and time, or a local time")
+            start, local = when_of(row, when, at, local_time)
             report = bc.send(db, advisor, runtime.policy, broadcast_id, now, at=start, local_time=local)
         except ValueError as exc:  # BroadcastError too: a cancelled or finished broadcast
             form = {"when": when, "at": at, "local_time": local_time}

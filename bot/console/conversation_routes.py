@@ -36,16 +36,21 @@ def search_filter(
     review: Annotated[str, Query(max_length=1)] = "",
     delivery: Annotated[str, Query(max_length=16)] = "",
 ) -> q.SearchFilter:
-    """The search form's query string as a filter (unknown channels and states are ignored)."""
+    """The search form's query string as a filter (unknown channels and states are ignored, and so
+    are NUL and other control characters, which no message or name holds)."""
     return q.SearchFilter(
-        text=q_.strip(),
-        who=who.strip(),
+        text=_printable(q_),
+        who=_printable(who),
         channel=channel if channel in CHANNELS else "",
         since=_date(since),
         until=_date(until),
         needs_review=review == "1",
         delivery=delivery if delivery in DELIVERY else "",
     )
+
+
+def _printable(value: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in value).strip()
 
 
 Filter = Annotated[q.SearchFilter, Depends(search_filter)]

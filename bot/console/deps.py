@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse
@@ -123,19 +123,41 @@ def describe(bank: QuestionBank, key: str | None, value: Any) -> str:
 # -- who is asking --------------------------------------------------------------------------------
 
 
+def return_to(request: Request) -> str:
+    """Where to come back after logging in: this page for a GET; for a form posted after the
+    session ended, the page the form was on (login returns with a GET, so never to a POST-only
+    address and a 405), or the conversations."""
+    if request.method in ("GET", "HEAD"):
+        return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc and referer.netloc != request.url.netloc:
+        return PREFIX + "/conversations"
+    page = referer.path + (f"?{referer.query}" if referer.query else "")
+    return safe_next(page)
+
+
+def is_poll(request: Request) -> bool:
+    """A page's background poll (``*.json``, ``live``): it does not keep the session alive."""
+    path = request.url.path
+    return request.method == "GET" and (path.endswith(".json") or path.endswith("/live"))
+
+
 def principal(request: Request, ctx: ConsoleDep) -> Principal:
     """The signed-in user; to the login page (303) when there is none."""
     token = request.cookies.get(COOKIE)
     found = None
     if token:
         with ctx.db.begin() as conn:
-            found = auth.resume_session(conn, token=token, config=ctx.config)
+            found = auth.resume_session(conn, token=token, config=ctx.config, touch=not is_poll(request))
     if found is None:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        target = return_to(request)
         location = f"{PREFIX}/login?" + urlencode({"next": target})
         raise HTTPException(303, "log in first", headers={"Location": location})
     request.state.console_principal = found
     return found
+
+
+WHO = {Role.OPERATOR: "operators, staff and admins", Role.STAFF: "staff and admins", Role.ADMIN: "admins"}
 
 
 def require(role: Role) -> Callable[[Principal], Principal]:
@@ -143,7 +165,7 @@ def require(role: Role) -> Callable[[Principal], Principal]:
 
     def check(me: Annotated[Principal, Depends(principal)]) -> Principal:
         if not me.can(role):
-            raise HTTPException(403, f"this page is for {role.value}s")
+            raise HTTPException(403, f"Only {WHO[role]} may open this page.")
         return me
 
     return check
@@ -163,7 +185,7 @@ def require_post(role: Role) -> Callable[[Principal], Principal]:
 
     def check(me: Annotated[Principal, Depends(csrf_ok)]) -> Principal:
         if not me.can(role):
-            raise HTTPException(403, f"this action is for {role.value}s")
+            raise HTTPException(403, f"Only {WHO[role]} may do this.")
         return me
 
     return check

@@ -2,7 +2,6 @@
 
 # No `from __future__ import annotations` here: FastAPI must see the Annotated aliases.
 
-import csv
 import io
 import json
 from collections.abc import Iterator, Mapping
@@ -16,6 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from bot.console.auth import Principal
 from bot.console.deps import Console, client_ip
 from storage import console_queries as q
+from storage.csv_safe import SafeDictWriter
 
 EXPORT_FIELDS = (
     "id",
@@ -53,16 +53,12 @@ def stream(rows: Iterator[Mapping[Any, Any]], fmt: str) -> Iterator[str]:
     """Message rows as CSV (formula-safe) or a JSON array, a piece at a time."""
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=EXPORT_FIELDS)
+        writer = SafeDictWriter(buffer, EXPORT_FIELDS)
         writer.writeheader()
         for row in rows:
             record = _export_row(row)
             record["parsed_value"] = json.dumps(record["parsed_value"]) if record["parsed_value"] else ""
-            record["created_at"] = record["created_at"].isoformat()
-            # A cell starting with = + - @ is a formula in a spreadsheet: customer text must not be.
-            if record["text"][:1] in ("=", "+", "-", "@", "\t", "\r"):
-                record["text"] = "'" + record["text"]
-            writer.writerow(record)
+            writer.writerow(record)  # every cell formula-safe: names and errors as well as text
             if buffer.tell() > 64_000:
                 yield buffer.getvalue()
                 buffer.seek(0)

@@ -42,6 +42,12 @@ def login_page(request: Request, *, error: str = "", status_code: int = 200, nex
     return response
 
 
+LOGIN_REFUSED = (
+    "Wrong e-mail or password, or the account is locked or disabled. "
+    "After several failed attempts an account is locked for a while; an admin can unlock it."
+)
+
+
 @router.get("/login")
 def login_form(request: Request, next: str = "") -> Response:
     return login_page(request, next_=next)
@@ -59,6 +65,15 @@ def login(
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not cookie or not hmac.compare_digest(cookie.encode(), csrf_token.encode()):
         raise HTTPException(403, "invalid or missing CSRF token: reload the login page")
+    with ctx.db.connect() as conn:
+        throttled = auth.login_throttled(conn, ip=client_ip(request), config=ctx.config)
+    if throttled:  # before any password is checked: a flood costs no argon2 work
+        return login_page(
+            request,
+            error="Too many failed logins from your address: wait a minute, then try again.",
+            status_code=429,
+            next_=next,
+        )
     with ctx.db.begin() as conn:
         result = auth.authenticate(conn, email=email, password=password, config=ctx.config)
         q.audit(
@@ -69,10 +84,8 @@ def login(
             assert result.user_id is not None
             token = auth.start_session(conn, user_id=result.user_id, now=ctx.now())
     if token is None:
-        message = {
-            LoginOutcome.LOCKED: "Too many failed attempts: this account is locked for a while.",
-        }.get(result.outcome, "Wrong e-mail or password.")
-        return login_page(request, error=message, status_code=401, next_=next)
+        # One answer for an unknown, locked, disabled account or a wrong password: no enumeration.
+        return login_page(request, error=LOGIN_REFUSED, status_code=401, next_=next)
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
         COOKIE, token, httponly=True, samesite="lax", secure=request.url.scheme == "https", path=PREFIX

@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 
 from bot.console import teach
 from bot.console.deps import PREFIX, ConsoleDep, Operator, OperatorPost, client_ip, describe, render
+from dialogs import taught
 from dialogs.understanding import INTENTS
 from storage import console_queries as q
 from storage.types import Direction
@@ -76,27 +77,28 @@ def teach_synonym(
     if int(index) >= len(question.options):
         raise HTTPException(422, "no such option")
     option = question.options[int(index)]
-    with ctx.db.begin() as conn:
-        found = reviewed_message(conn, message_id)
-        phrase = teach.phrase_of(found["text"])
-        if not phrase:
-            raise HTTPException(422, "this message has no text to learn from")
-        q.add_taught_synonym(
-            conn,
-            question_key=key,
-            option_value=option.value,
-            phrase=phrase,
-            message_id=message_id,
-            by=me.email,
-        )
-        q.mark_reviewed(conn, message_id=message_id, by=me.email, action="taught", now=ctx.now())
-        q.audit(
-            conn,
-            action="teach",
-            actor=me.email,
-            target=f"message:{message_id}",
-            detail={"question": key, "option": option.value, "phrase": phrase},
-            ip=client_ip(request),
-            now=ctx.now(),
-        )
+    try:
+        with ctx.db.begin() as conn:
+            reviewed_message(conn, message_id)
+            # The one place that teaches: only messages in the review queue, never a phrase that
+            # already means something else.
+            done = taught.teach(
+                conn,
+                message_id=message_id,
+                by=me.email,
+                bank=ctx.bank_cache.base,
+                question_key=key,
+                option_value=option.value,
+            )
+            q.audit(
+                conn,
+                action="teach",
+                actor=me.email,
+                target=f"message:{message_id}",
+                detail={"question": key, "option": option.value, "phrase": done.phrase},
+                ip=client_ip(request),
+                now=ctx.now(),
+            )
+    except taught.TeachError as exc:
+        raise HTTPException(422, str(exc)) from None
     return RedirectResponse(f"{PREFIX}/review?done=taught", status_code=303)

@@ -35,8 +35,20 @@ from schedulers.broadcasts.lifecycle import (
     settle,
     state_of,
 )
-from schedulers.broadcasts.report import DryRun, Preview, Status, dry_run, list_broadcasts, preview, status
+from schedulers.broadcasts.report import (
+    Confirmation,
+    DryRun,
+    Preview,
+    Status,
+    confirmation,
+    dry_run,
+    list_broadcasts,
+    preview,
+    sent_text,
+    status,
+)
 from schedulers.broadcasts.templates import (
+    MAX_RENDERED,
     OFFER_FIELDS,
     TEMPLATE_FIELDS,
     compile_template,
@@ -48,11 +60,13 @@ from schedulers.broadcasts.templates import (
 __all__ = [
     "BROADCAST_INTENT",
     "CANCELLED",
+    "MAX_RENDERED",
     "OFFER_FIELDS",
     "SEGMENT",
     "TEMPLATE_FIELDS",
     "TRANSITIONS",
     "BroadcastError",
+    "Confirmation",
     "DryRun",
     "Facts",
     "Preview",
@@ -60,6 +74,7 @@ __all__ = [
     "Status",
     "cancel",
     "compile_template",
+    "confirmation",
     "create",
     "dry_run",
     "facts_batch",
@@ -76,6 +91,7 @@ __all__ = [
     "progress",
     "render",
     "send",
+    "sent_text",
     "settle",
     "state_of",
     "status",

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from dialogs.advisor import Advisor
-from dialogs.sms_segments import Estimate, estimate
+from dialogs.sms_segments import Estimate, estimate, fit
 from schedulers.audience import NO_CHANNEL_CONFIGURED
 from schedulers.broadcasts.facts import SEGMENT, iter_facts, judge
 from schedulers.broadcasts.lifecycle import get, message_counts, progress, state_of
@@ -118,6 +118,69 @@ def preview(
                 if len(found) >= limit:
                     return found
     return found
+
+
+@dataclass(slots=True)
+class Confirmation:
+    """What scheduling a broadcast now would send, to confirm before anything is queued:
+    recipients by channel, SMS segments per message (``segments``: segments -> messages), the
+    total of segments and its cost, and how many SMS are over the segment budget."""
+
+    recipients: int = 0
+    channels: Counter[str] = field(default_factory=Counter)
+    segments: Counter[int] = field(default_factory=Counter)
+    total_segments: int = 0
+    total_cost: Decimal = Decimal(0)
+    over_budget: int = 0
+    no_channel: bool = False
+
+    @property
+    def no_channel_reason(self) -> str:
+        return NO_CHANNEL_CONFIGURED
+
+
+def sent_text(text: str, channel: str | None) -> str:
+    """The text exactly as the channel sends it (SMS: look-alikes replaced, spaces squeezed, cut
+    at 1,600 characters)."""
+    return fit(text) if channel == "sms" else text
+
+
+def confirmation(
+    db: Engine,
+    advisor: Advisor,
+    config: PolicyConfig,
+    broadcast_id: int,
+    now: datetime,
+    *,
+    price_per_segment: Decimal,
+    max_segments: int,
+    batch_size: int = 2_000,
+) -> Confirmation:
+    """Render the broadcast for everyone the segment and the policy let it reach at ``now`` and
+    add up what it costs (reads only; with no channel configured, ``no_channel`` and nobody)."""
+    report = Confirmation(no_channel=not config.channels)
+    with db.connect() as conn:
+        row = get(conn, broadcast_id)
+        node = parse(row["segment"])
+        catalog = advisor.catalog(conn)
+        template = compile_template(row["template"], catalog)
+        for batch in iter_facts(conn, advisor, now, config, batch_size=batch_size):
+            for facts in batch:
+                decision = judge(node, facts, now, config)
+                if decision is None or decision.excluded:
+                    continue
+                report.recipients += 1
+                channel = facts.channel or "none"
+                report.channels[channel] += 1
+                if channel != "sms":
+                    continue
+                text = sent_text(render(template, template_context(facts, catalog)), channel)
+                cost = estimate(text, price_per_segment)
+                report.segments[cost.segments] += 1
+                report.total_segments += cost.segments
+                report.total_cost += cost.cost
+                report.over_budget += cost.segments > max_segments
+    return report
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,32 @@ from plans.fit import Catalog
 from schedulers.broadcasts.errors import BroadcastError
 from schedulers.broadcasts.facts import Facts
 
-_ENV = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=False)
+MAX_RENDERED = 1_600
+"""The most characters a rendered message may have: what the SMS sender sends at most (longer
+texts are cut there), so a template that renders longer is refused, not silently truncated."""
+_MAX_OPERAND = 10_000  # the largest repeat count or exponent a template may compute with
+
+
+class _GuardedEnvironment(SandboxedEnvironment):
+    """The sandbox, with ``*`` and ``**`` bounded so ``'x' * 10**7`` or ``9**9**9`` cannot eat the
+    memory or the CPU (the sandbox already bounds ``range``)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int) and (
+                abs(right) > 100 or (isinstance(left, int) and abs(left).bit_length() * abs(right) > 20_000)
+            ):
+                raise OverflowError("a power in it is too large")
+            return left**right
+        for a, b in ((left, right), (right, left)):
+            if isinstance(a, str | list | tuple) and isinstance(b, int) and b > _MAX_OPERAND:
+                raise OverflowError(f"repeating something {b} times is too much for a message")
+        return left * right
+
+
+_ENV = _GuardedEnvironment(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=False)
 
 TEMPLATE_FIELDS = (
     "name",
@@ -67,11 +92,21 @@ def is_offer(source: str) -> bool:
 
 
 def render(template: Template, context: Mapping[str, Any]) -> str:
-    """The text for one customer; template errors become BroadcastError."""
+    """The text for one customer. Template errors, arithmetic that overflows or runs out of
+    memory, and a text longer than :data:`MAX_RENDERED` become BroadcastError."""
     try:
-        return template.render(context).strip()
+        text = template.render(context).strip()
     except TemplateError as exc:
         raise BroadcastError(f"template: {exc}") from None
+    except (ArithmeticError, MemoryError, RecursionError, ValueError, TypeError, LookupError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise BroadcastError(f"template: it cannot be rendered ({reason})") from None
+    if len(text) > MAX_RENDERED:
+        raise BroadcastError(
+            f"template: it renders to {len(text):,} characters; a message has at most "
+            f"{MAX_RENDERED:,} (the SMS sender cuts it there)"
+        )
+    return text
 
 
 def template_context(facts: Facts, catalog: Catalog) -> dict[str, Any]:

@@ -374,7 +374,7 @@ def test_search_text_with_query_syntax_is_taken_literally(console: Console, quer
 
 
 def test_fts5_query_quotes_every_word() -> None:
-    assert fts5_query('say "hi" NEAR*') == '"say" """hi""" "NEAR*"'
+    assert fts5_query('say "hi" NEAR*') == '"say"* """hi"""* "NEAR*"*'
     assert fts5_query("   ") == ""
 
 

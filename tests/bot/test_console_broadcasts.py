@@ -77,7 +77,7 @@ def counts(page: str, attribute: str) -> dict[str, int]:
 def schedule(c: Console, broadcast_id: int, **form: str) -> Any:
     return c.client.post(
         f"/console/broadcasts/{broadcast_id}/schedule",
-        data={"csrf_token": c.csrf(), **form},
+        data={"csrf_token": c.csrf(), "confirmed": "yes", **form},
         follow_redirects=False,
     )
 
@@ -131,7 +131,7 @@ def test_operators_are_refused_every_broadcast_page_and_action(
     for path, form in every_post(bid):
         response = console.client.post(f"/console/broadcasts{path}", data={"csrf_token": token, **form})
         assert response.status_code == 403, path
-        assert "for staffs" in response.text
+        assert "Only staff and admins may do this." in response.text
     assert ">Broadcasts</a>" not in console.client.get("/console/review").text
     with console.db.connect() as conn:
         assert conn.execute(select(BROADCAST.c.id, BROADCAST.c.status)).all() == [(bid, "draft")]

@@ -1,6 +1,10 @@
-// Live progress on a broadcast's page: while it is scheduled or sending, ask its status.json every
-// few seconds and update the state, the counts and the bar; reload once it is done or cancelled.
+// Live progress on a broadcast's page: while it is waiting, preparing, scheduled or sending, ask its
+// status.json every few seconds and update the state, the counts and the bar; reload once (when it
+// is done or cancelled) and stop. These polls do not keep the session alive (the server does not
+// count them as activity), and polling stops when the session has ended.
 const live = document.querySelector("#progress[data-live]");
+
+const LIVE = new Set(["waiting", "preparing", "scheduled", "sending"]);
 
 if (live) {
   const every = Number(live.dataset.interval) || 3000;
@@ -11,7 +15,7 @@ if (live) {
     let status;
     try {
       const response = await fetch(live.dataset.statusUrl, { headers: { Accept: "application/json" } });
-      if (!response.ok) return;
+      if (!response.ok || response.redirected) return; // the session ended: stop
       status = await response.json(); // throws on the login page (the session ended): stop
     } catch {
       return;
@@ -27,10 +31,10 @@ if (live) {
     const bar = live.querySelector("progress");
     bar.max = Math.max(status.total, 1);
     bar.value = status.finished;
-    if (status.status === "scheduled" || status.status === "sending") {
+    if (LIVE.has(status.status)) {
       setTimeout(poll, every);
     } else {
-      window.location.reload();
+      window.location.reload(); // done or cancelled: the page shows the results, without polling
     }
   };
   setTimeout(poll, every);

@@ -85,7 +85,13 @@ def test_staff_create_dry_run_schedule_and_watch_a_broadcast(staff_page: Page, s
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "console-broadcast.png"), full_page=True)
 
-    page.get_by_role("button", name="Schedule").click()
+    page.get_by_role("button", name="Schedule…").click()
+    # The confirmation step: nothing is queued until staff confirm what it will send and cost.
+    expect(page.locator('[data-confirm="recipients"]')).to_have_text(str(expected.would_queue))
+    expect(page.locator('[data-confirm="total_cost"]')).to_contain_text("$")
+    with db.connect() as conn:
+        assert conn.execute(select(BROADCAST_RECIPIENT.c.message_id)).first() is None
+    page.get_by_role("button", name="Confirm and schedule").click()
     expect(page.locator(".notice")).to_contain_text("Scheduled")
     expect(page.locator("#state")).to_have_text("scheduled")
     queued = page.locator('#deliveries [data-count="queued"]')
