@@ -284,7 +284,7 @@ def _option_number(question: Question, norm: str) -> Option | None:
 # -- public API -------------------------------------------------------------------------------------
 
 
-_PARSED_MAX = 2048  # remembered parses per question (the cache starts again when full)
+_PARSED_MAX = 1024  # remembered parses per question (the memory starts again when full)
 
 
 # Per question object: (the question, its remembered parses by text).
@@ -294,7 +294,7 @@ _parses: dict[int, tuple[Question, dict[str, Parse | None]]] = {}
 def _parsed(question: Question) -> dict[str, Parse | None]:
     hit = _parses.get(id(question))
     if hit is None or hit[0] is not question:
-        if len(_parses) >= 256:  # banks rebuilt after teaching leave their old questions behind
+        if len(_parses) >= 64:  # banks rebuilt after teaching leave their old questions behind
             _parses.clear()
         hit = _parses[id(question)] = (question, {})
     return hit[1]

@@ -99,7 +99,7 @@ def current(conn: Connection, *, turn: TurnState, now: datetime, idle: timedelta
     the open one, unless it is with the bot and the customer was idle ``idle`` or longer since
     the last activity (then it is closed as contained, at that time, and a new one opened)."""
     customer_id, last_activity = turn.customer_id, turn.last_activity
-    if turn.conversation_read:  # read with the state (SQLite)
+    if turn.conversation_read:  # read with the locked state
         conv = _conv(turn.conversation) if turn.conversation is not None else None
     else:
         conv = open_conversation(conn, customer_id=customer_id)

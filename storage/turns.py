@@ -291,7 +291,7 @@ class TurnState:
     has_usage: bool
     created: bool = False
     facts: dict[str, Fact] = field(default_factory=dict)
-    # On SQLite, the customer's open conversation comes with the state (see :func:`lock_turn`):
+    # The customer's open conversation, read with the state by :func:`lock_turn`:
     # ``conversation_read`` is True and ``conversation`` its row (the columns of
     # :data:`CONVERSATION_COLUMNS`), or None when none is open.
     conversation_read: bool = False
@@ -345,18 +345,16 @@ _TURN_FROM = (
     .outerjoin(PREFERENCE, PREFERENCE.c.customer_id == CUSTOMER.c.id)
 )
 _BY_ADDRESS = (IDENTITY.c.channel == bindparam("b_channel"), IDENTITY.c.address == bindparam("b_address"))
-# One round trip: the state row (locked) with the customer's preferences, one row per preference.
-_LOCK_TURN = _fixed(
-    select(*_STATE_COLUMNS, *_FACT_COLUMNS)
-    .select_from(_TURN_FROM)
+# The state row locked (PostgreSQL: ``FOR UPDATE``; SQLite's transactions hold the database).
+_LOCK_STATE = _fixed(
+    select(STATE.c.customer_id)
+    .select_from(IDENTITY.join(STATE, STATE.c.customer_id == IDENTITY.c.customer_id))
     .where(*_BY_ADDRESS)
     .with_for_update(of=STATE)
 )
-# On SQLite the open conversation comes along (at most one: open_for is unique). Not on
-# PostgreSQL: a turn that waited for the state's lock gets the state as the turn before it left
-# it, but rows of other tables as they were when it started waiting, and the conversation must
-# be read fresh (after the lock). On SQLite every transaction has the database to itself.
-_LOCK_TURN_SQLITE = _fixed(
+# One round trip: the state with the customer's open conversation (at most one: open_for is
+# unique) and preferences, one row per preference.
+_READ_TURN = _fixed(
     select(*_STATE_COLUMNS, *CONVERSATION_COLUMNS, *_FACT_COLUMNS)
     .select_from(_TURN_FROM.outerjoin(CONVERSATION, CONVERSATION.c.open_for == CUSTOMER.c.id))
     .where(*_BY_ADDRESS)
@@ -400,23 +398,24 @@ _UPDATE_STATE = _fixed(
 def lock_turn(conn: Connection, *, channel: str, address: str) -> TurnState | None:
     """The state of the customer at ``address``, locked until the transaction ends, or None.
 
-    On PostgreSQL the dialog state row is locked (``FOR UPDATE OF dialog_state``); on SQLite every
-    transaction already holds the database's write lock (``BEGIN IMMEDIATE``).
+    On PostgreSQL the dialog state row is locked first (``FOR UPDATE OF dialog_state``), then
+    everything is read: a read that waited for the lock in the same statement would get the state
+    as the turn before left it but the preferences and conversation as they were when it started
+    waiting. On SQLite every transaction already holds the database's write lock (``BEGIN
+    IMMEDIATE``), so one statement does.
     """
-    sqlite = conn.dialect.name == "sqlite"
-    rows = (_LOCK_TURN_SQLITE if sqlite else _LOCK_TURN).rows(
-        conn, {"b_channel": channel, "b_address": address}
-    )
+    values = {"b_channel": channel, "b_address": address}
+    if conn.dialect.name != "sqlite" and _LOCK_STATE.first(conn, values) is None:
+        return None
+    rows = _READ_TURN.rows(conn, values)
     if not rows:
         return None
-    n = len(_STATE_COLUMNS)  # the state's (and conversation's) columns repeat in each preference's row
+    n = len(_STATE_COLUMNS)  # the state's and conversation's columns repeat in each preference's row
+    m = n + len(CONVERSATION_COLUMNS)
     state = TurnState(*rows.row(0, 0, n))
-    if sqlite:
-        m = n + len(CONVERSATION_COLUMNS)
-        state.conversation_read = True
-        state.conversation = rows.row(0, n, m) if rows.raw[0][n] is not None else None
-        n = m
-    facts = (Fact(*rows.row(i, n)) for i in range(len(rows)) if rows.raw[i][n] is not None)
+    state.conversation_read = True
+    state.conversation = rows.row(0, n, m) if rows.raw[0][n] is not None else None
+    facts = (Fact(*rows.row(i, m)) for i in range(len(rows)) if rows.raw[i][m] is not None)
     state.facts = {fact.key: fact for fact in facts}
     return state
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, func, text
 from sqlmodel import col, select
 
 from dialogs.engine import DialogEngine, Inbound, TurnResult
-from storage.db import transaction
-from storage.models import Customer, Message
+from storage import handoff as conversations
+from storage import turns as store
+from storage.db import is_postgres, transaction
+from storage.handoff_models import ConversationState
+from storage.models import Customer, Message, Source
+from storage.turns import Fact, TurnState
 
 T = TypeVar("T")
 NOW = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -93,3 +98,53 @@ def test_the_same_message_delivered_at_once_is_processed_once(db: Engine, dialog
             select(func.count()).select_from(Message).where(Message.provider_message_id == "dup")
         ).one()
     assert count == 1
+
+
+def test_a_turn_that_waited_for_the_lock_sees_what_the_turn_before_it_stored(
+    db: Engine, dialog: DialogEngine
+) -> None:
+    # Turn A holds the customer's lock and stores a preference and a conversation move; turn B,
+    # waiting for the lock meanwhile, must then see both (on PostgreSQL a locking read would see
+    # the other tables as they were when it started waiting).
+    dialog.handle(_inbound("hi", "first"))
+    address = "+14155550150"
+    seen: list[TurnState] = []
+
+    def turn_b() -> None:
+        with db.begin() as conn:
+            state = store.lock_turn(conn, channel="sms", address=address)
+            assert state is not None
+            seen.append(state)
+
+    with db.connect() as a:
+        a.begin()
+        state = store.lock_turn(a, channel="sms", address=address)
+        assert state is not None and "contact_channel" not in state.facts
+        conv = conversations.current(a, turn=state, now=NOW, idle=timedelta(hours=24))
+        fact = Fact("contact_channel", "sms", Source.ASKED, NOW, NOW)
+        store.save_facts(a, customer_id=state.customer_id, facts=[fact], existing=set())
+        conversations.move(a, conversation_id=conv.id, to=ConversationState.WAITING, now=NOW)
+        b = threading.Thread(target=turn_b)
+        b.start()
+        if is_postgres(db):  # wait until B is blocked on A's lock
+            with db.connect() as watch:
+                for _ in range(600):
+                    waiting = watch.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                        )
+                    ).scalar_one()
+                    watch.rollback()  # the activity view is a snapshot per transaction
+                    if waiting:
+                        break
+                    time.sleep(0.05)
+                assert waiting, "turn B never waited for the lock"
+        else:
+            time.sleep(0.2)  # SQLite: B waits in BEGIN IMMEDIATE whether or not it got there yet
+        a.commit()
+    b.join(timeout=60)
+    assert len(seen) == 1
+    assert seen[0].facts["contact_channel"].value == "sms"
+    assert seen[0].conversation is not None
+    assert seen[0].conversation[2] == ConversationState.WAITING
