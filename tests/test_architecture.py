@@ -28,7 +28,6 @@ ORMS = frozenset({"sqlalchemy", "sqlmodel"})
 # in the change that owns it. Nothing may join this list.
 KNOWN_SQL_OUTSIDE_STORAGE = frozenset(
     {
-        "schedulers.audience",
         "schedulers.delivery",
     }
 )
