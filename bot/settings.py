@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     default_timezone: str = "UTC"
     proactive_cap: int = Field(default=1, ge=1)
     proactive_cap_days: float = Field(default=7, gt=0)
+    holdout_percent: int = Field(default=10, ge=0, le=100)
     claim_lease_seconds: float = Field(default=10, ge=1, le=600)
     rate_headroom: float = Field(default=0.97, gt=0, le=1)
     proactive_scan_at: time = time(9, 0)  # UTC
@@ -229,6 +230,7 @@ class Settings(BaseSettings):
             cap_period=timedelta(days=self.proactive_cap_days),
             channels=self.configured_channels(),
             whatsapp_templates=self.whatsapp_templates_config().intents,
+            holdout_percent=self.holdout_percent,
         )
 
     def nudge_config(self) -> NudgeConfig:

@@ -31,6 +31,7 @@ from sqlalchemy import Connection
 from schedulers.policy import STANDING_RULES, WHATSAPP, Contact, PolicyConfig, refusal, whatsapp_refusal
 from storage import audience_queries, outreach_queries
 from storage.handoff import with_person
+from storage.holdout import in_holdout
 from storage.models import DeliveryStatus, utcnow
 from storage.queries import address_hash
 
@@ -69,11 +70,14 @@ def contacts(
     declined: Mapping[int, bool] | None = None,
     intent: str | None = None,
     now: datetime | None = None,
+    offer: bool = False,
 ) -> dict[int, Contact]:
     """The policy's view of each customer (rows with the columns of
     :data:`storage.audience_queries.CUSTOMER_COLUMNS`, in id order), read for the whole batch at
     once; ``prefs`` their stored preferences, ``declined`` whether the plan they would be offered
-    was declined lately (the advisor's rule, decided by the caller, which knows the offer).
+    was declined lately (the advisor's rule, decided by the caller, which knows the offer);
+    ``offer``: the message is a proactive offer (the scan, nudges), which the measurement holdout
+    never gets (broadcasts are staff announcements).
 
     A customer reached on WhatsApp whom the message (``intent``, at ``now``) may not go to there
     (:func:`~schedulers.policy.whatsapp_refusal`: no opt-in; the window closed and no template)
@@ -117,6 +121,7 @@ def contacts(
             with_person=c.id in handed,
             whatsapp_refusal=refused,
             rerouted=rerouted,
+            holdout=offer and in_holdout(c.id, config.holdout_percent),
         )
     return result
 
@@ -130,6 +135,7 @@ def contact_of(
     declined: bool = False,
     intent: str | None = None,
     now: datetime | None = None,
+    offer: bool = False,
 ) -> Contact:
     """One customer's contact facts (the scan and nudges, under the customer's lock);
     ``prefs``: their preferences when the caller has them already; ``intent`` and ``now``: the
@@ -138,7 +144,14 @@ def contact_of(
     if prefs is None:
         prefs = outreach_queries.preference_values(conn, customer_id=customer_id)
     return contacts(
-        conn, [row], {customer_id: prefs}, config, declined={customer_id: declined}, intent=intent, now=now
+        conn,
+        [row],
+        {customer_id: prefs},
+        config,
+        declined={customer_id: declined},
+        intent=intent,
+        now=now,
+        offer=offer,
     )[customer_id]
 
 

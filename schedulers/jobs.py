@@ -45,6 +45,7 @@ from dialogs.advisor import Advisor
 from dialogs.bank import QuestionBank
 from schedulers.billing import BillingConfig, BillingReport, deliver_switches
 from schedulers.broadcasts import SendReport, prepare_due, settle
+from schedulers.dashboard import RollupReport, rollup
 from schedulers.handoff import close_idle_conversations, notify_timeouts
 from schedulers.health import Part, describe
 from schedulers.leader import LeaderLock, leader_lock
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 JOBSTORE_TABLE = "apscheduler_jobs"  # APScheduler's own table, created by it (not a migration)
 SCAN_JOB, NUDGE_JOB, BILLING_JOB, RECOVER_JOB = "proactive-scan", "nudges", "billing", "recover-stuck"
 BROADCAST_JOB, HANDOFF_JOB = "broadcasts", "handoff-timeouts"
+DASHBOARD_JOB = "dashboard-rollup"
 GRACE = {
     SCAN_JOB: timedelta(hours=6),
     BROADCAST_JOB: timedelta(minutes=5),
@@ -67,6 +69,7 @@ GRACE = {
     BILLING_JOB: timedelta(minutes=1),
     RECOVER_JOB: timedelta(minutes=5),
     HANDOFF_JOB: timedelta(minutes=1),
+    DASHBOARD_JOB: timedelta(minutes=30),
 }
 
 
@@ -207,6 +210,17 @@ def handoff_timeouts() -> list[int]:
     return queued
 
 
+@_quiet_outage
+def dashboard_rollup() -> RollupReport:
+    """Job: roll the dashboard's last days up (and snapshot the book as of now)."""
+    ctx = _bound()
+    report = rollup(ctx.db, ctx.bank, ctx.clock())
+    log.info(
+        "dashboard: rolled up %d days (%d rows, %d cohort rows)", report.days, report.rows, report.cohort_rows
+    )
+    return report
+
+
 def _ref(func: Callable[..., Any]) -> str:
     return f"{func.__module__}:{func.__qualname__}"
 
@@ -225,6 +239,7 @@ def job_specs(schedule: ScheduleConfig, context: JobContext) -> dict[str, tuple[
             IntervalTrigger(seconds=schedule.broadcasts_every.total_seconds()),
         ),
         HANDOFF_JOB: (_ref(handoff_timeouts), IntervalTrigger(minutes=1)),
+        DASHBOARD_JOB: (_ref(dashboard_rollup), IntervalTrigger(hours=1)),
     }
     if context.billing is not None:
         specs[BILLING_JOB] = (

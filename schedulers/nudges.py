@@ -131,7 +131,7 @@ def _one(
     if step.question is None or step.kind != PendingKind.ASK:
         return NudgeSkip.NOTHING_TO_ASK
     prefs = {key: fact.value for key, fact in facts.items()}
-    contact = contact_of(conn, customer_id, policy, prefs=prefs, intent=NUDGE_INTENT, now=now)
+    contact = contact_of(conn, customer_id, policy, prefs=prefs, intent=NUDGE_INTENT, now=now, offer=True)
     channel, address = contact.channel, contact.address
     decision = decide(contact, now, policy)
     if not decision.allowed:

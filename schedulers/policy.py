@@ -14,6 +14,8 @@ every timing rule allows:
   24-hour session window or with a template for the message, else the audience moves it to SMS
   when it can, see :func:`whatsapp_refusal`); the preferred time of day overlapping
   the contact window.
+  (configured, and the customer has an address on it); the preferred time of day overlapping
+  the contact window; for offers (the scan, nudges), not in the measurement holdout.
 - timing: inside the contact window in the customer's local time (a per-country override may be
   stricter), narrowed to the preferred time of day; within the frequency cap.
 """
@@ -49,6 +51,7 @@ class Skip:
     WITH_PERSON = "with_person"
     WHATSAPP_NO_OPT_IN = "whatsapp_no_opt_in"
     WHATSAPP_NO_TEMPLATE = "whatsapp_window_closed_no_template"
+    HOLDOUT = "holdout"  # in the measurement holdout: never offered proactively (storage.holdout)
 
 
 TIMING_REASONS = frozenset({Skip.QUIET_HOURS, Skip.CONTACT_TIME, Skip.FREQUENCY_CAP})
@@ -93,12 +96,15 @@ class PolicyConfig:
     channels: frozenset[str] = frozenset({"sms", "telegram"})  # channels proactive messages use
     # Intents with an approved WhatsApp template (sent outside the 24-hour session window).
     whatsapp_templates: frozenset[str] = frozenset()
+    holdout_percent: int = 0  # share of customers never offered proactively (HOLDOUT_PERCENT)
 
     def __post_init__(self) -> None:
         if self.cap < 1:
             raise ValueError("the frequency cap must allow at least one message per period")
         if self.cap_period <= timedelta(0):
             raise ValueError("the frequency cap period must be positive")
+        if not 0 <= self.holdout_percent <= 100:
+            raise ValueError("the holdout is a percentage, 0 to 100")
         ZoneInfo(self.default_timezone)  # a typo fails at start-up, not at the first send
 
 
@@ -127,6 +133,7 @@ class Contact:
     # when no other channel can take it), and why it goes on ``channel`` instead of WhatsApp.
     whatsapp_refusal: str | None = None
     rerouted: str | None = None
+    holdout: bool = False  # an offer to a customer in the holdout (storage.holdout.in_holdout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +207,7 @@ EXCLUSION_RULES: tuple[Rule, ...] = (
     Rule(Skip.WHATSAPP_NO_TEMPLATE, lambda c, _: c.whatsapp_refusal == Skip.WHATSAPP_NO_TEMPLATE),
     Rule(Skip.SUPPRESSED, lambda c, _: c.suppressed),
     Rule(Skip.DECLINED, lambda c, _: c.declined),
+    Rule(Skip.HOLDOUT, lambda c, _: c.holdout),
 )
 
 

@@ -103,7 +103,14 @@ def _one(
         skip(ScanSkip.NO_SUGGESTION)
         return
     contact = contact_of(
-        conn, customer_id, config, prefs=prefs, declined=not advice.offer, intent=SUGGESTION_INTENT, now=now
+        conn,
+        customer_id,
+        config,
+        prefs=prefs,
+        declined=not advice.offer,
+        intent=SUGGESTION_INTENT,
+        now=now,
+        offer=True,
     )
     channel, address = contact.channel, contact.address
     decision = decide(contact, now, config)

@@ -10,6 +10,7 @@ from sqlmodel import SQLModel
 from storage import (  # noqa: F401  (each defines its tables on the metadata)
     broadcast_models,
     console_models,
+    dashboard_models,
     handoff_models,
     link_models,
     models,
@@ -41,3 +42,4 @@ BROADCAST: Table = _TABLES["broadcast"]
 BROADCAST_RECIPIENT: Table = _TABLES["broadcast_recipient"]
 CONVERSATION: Table = _TABLES["conversation"]
 CONVERSATION_NOTE: Table = _TABLES["conversation_note"]
+DASHBOARD_DAY: Table = _TABLES["dashboard_day"]

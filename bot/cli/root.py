@@ -6,6 +6,7 @@ import typer
 
 from bot.cli import admin, data, outreach, serve
 from bot.cli.broadcast import broadcast_app
+from bot.cli.dashboard import dashboard_app
 from bot.cli.teach import teach_app
 
 app = typer.Typer(help="Rapport: a conversational customer-preference assistant.", no_args_is_help=True)
@@ -22,6 +23,7 @@ app.add_typer(serve.telegram_app, name="telegram")
 app.add_typer(outreach.outreach_app, name="outreach")
 app.add_typer(outreach.switches_app, name="switches")
 app.add_typer(admin.users_app, name="users")
+app.add_typer(dashboard_app, name="dashboard")
 
 
 def main() -> None:

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from bot.console import admin_routes, conversation_routes, customer_routes, login_routes, review_routes
+from bot.console import (
+    admin_routes,
+    conversation_routes,
+    customer_routes,
+    dashboard_routes,
+    login_routes,
+    review_routes,
+)
 from bot.console.auth import ConsoleConfig
 from bot.console.broadcast_routes import broadcast_router
 from bot.console.deps import (
@@ -38,7 +45,14 @@ def console_router(runtime: Runtime, config: ConsoleConfig | None = None) -> API
     router = APIRouter(prefix=PREFIX, include_in_schema=False, dependencies=[Depends(console.attach)])
     # "/console" itself: an included router cannot have a route with an empty path.
     router.add_api_route("", conversation_routes.home, methods=["GET"])
-    for area in (login_routes, conversation_routes, customer_routes, review_routes, admin_routes):
+    for area in (
+        login_routes,
+        conversation_routes,
+        customer_routes,
+        review_routes,
+        admin_routes,
+        dashboard_routes,
+    ):
         router.include_router(area.router)
     router.include_router(
         inbox_router(

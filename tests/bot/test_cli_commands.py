@@ -28,6 +28,7 @@ COMMANDS = {
     "switches": {"export", "deliver"},
     "users": {"add"},
     "teach": {"queue", "list", "add", "undo"},
+    "dashboard": {"rollup"},
 }
 
 

@@ -77,6 +77,7 @@ def test_jobs_persist_with_the_misfire_policy_and_a_restart_keeps_them(
         jobs.RECOVER_JOB,
         jobs.BROADCAST_JOB,
         jobs.HANDOFF_JOB,
+        jobs.DASHBOARD_JOB,
     }
     for job in stored.values():
         assert job.coalesce is True

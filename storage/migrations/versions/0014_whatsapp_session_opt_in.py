@@ -1,7 +1,7 @@
 """whatsapp: the customer's WhatsApp session (last inbound message) and opt-in times
 
 Revision ID: 0014_whatsapp
-Revises: 0012_faults
+Revises: 0013_dashboard
 Create Date: 2026-12-05
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014_whatsapp"
-down_revision: str | None = "0012_faults"
+down_revision: str | None = "0013_dashboard"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
