@@ -26,14 +26,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from schedulers.policy import STANDING_RULES, WHATSAPP, Contact, PolicyConfig, refusal, whatsapp_refusal
+from storage import audience_queries, outreach_queries
 from storage.handoff import with_person
 from storage.holdout import in_holdout
-from storage.models import DeliveryStatus, Direction, utcnow
+from storage.models import DeliveryStatus, utcnow
 from storage.queries import address_hash
-from storage.tables import CUSTOMER, IDENTITY, MESSAGE, PREFERENCE, SUPPRESSION
 
 NO_CHANNEL_CONFIGURED = (
     "no channel is configured (Telegram: TELEGRAM_BOT_TOKEN; SMS: TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN "
@@ -48,21 +48,6 @@ CAPPED_STATUSES = (
     DeliveryStatus.SENT,
     DeliveryStatus.DELIVERED,
     DeliveryStatus.UNKNOWN,
-)
-
-# The customer columns :func:`contacts` reads (callers select them, a batch at a time).
-CUSTOMER_COLUMNS = (
-    CUSTOMER.c.id,
-    CUSTOMER.c.name,
-    CUSTOMER.c.phone,
-    CUSTOMER.c.email,
-    CUSTOMER.c.timezone,
-    CUSTOMER.c.marketing_consent,
-    CUSTOMER.c.opted_out_at,
-    CUSTOMER.c.erased_at,
-    CUSTOMER.c.current_plan_id,
-    CUSTOMER.c.whatsapp_session_at,
-    CUSTOMER.c.whatsapp_opt_in_at,
 )
 
 
@@ -87,11 +72,12 @@ def contacts(
     now: datetime | None = None,
     offer: bool = False,
 ) -> dict[int, Contact]:
-    """The policy's view of each customer (rows with :data:`CUSTOMER_COLUMNS`, in id order),
-    read for the whole batch at once; ``prefs`` their stored preferences, ``declined`` whether
-    the plan they would be offered was declined lately (the advisor's rule, decided by the
-    caller, which knows the offer); ``offer``: the message is a proactive offer (the scan,
-    nudges), which the measurement holdout never gets (broadcasts are staff announcements).
+    """The policy's view of each customer (rows with the columns of
+    :data:`storage.audience_queries.CUSTOMER_COLUMNS`, in id order), read for the whole batch at
+    once; ``prefs`` their stored preferences, ``declined`` whether the plan they would be offered
+    was declined lately (the advisor's rule, decided by the caller, which knows the offer);
+    ``offer``: the message is a proactive offer (the scan, nudges), which the measurement holdout
+    never gets (broadcasts are staff announcements).
 
     A customer reached on WhatsApp whom the message (``intent``, at ``now``) may not go to there
     (:func:`~schedulers.policy.whatsapp_refusal`: no opt-in; the window closed and no template)
@@ -154,10 +140,9 @@ def contact_of(
     """One customer's contact facts (the scan and nudges, under the customer's lock);
     ``prefs``: their preferences when the caller has them already; ``intent`` and ``now``: the
     message and when it would go (WhatsApp's rules depend on them)."""
-    row = conn.execute(select(*CUSTOMER_COLUMNS).where(CUSTOMER.c.id == customer_id)).one()
+    row = audience_queries.contact_customer(conn, customer_id=customer_id)
     if prefs is None:
-        query = select(PREFERENCE.c.key, PREFERENCE.c.value).where(PREFERENCE.c.customer_id == customer_id)
-        prefs = {row.key: row.value for row in conn.execute(query)}
+        prefs = outreach_queries.preference_values(conn, customer_id=customer_id)
     return contacts(
         conn,
         [row],
@@ -176,21 +161,14 @@ def last_moment_refusals(conn: Connection, customer_ids: Iterable[int | None]) -
     message is about to leave, in words ("opted out", "no consent", "erased", "with person",
     "no customer")."""
     wanted = set(customer_ids)
-    found = {
-        row.id: row
-        for row in conn.execute(
-            select(
-                CUSTOMER.c.id, CUSTOMER.c.marketing_consent, CUSTOMER.c.opted_out_at, CUSTOMER.c.erased_at
-            ).where(CUSTOMER.c.id.in_([c for c in wanted if c is not None]))
-        )
-    }
+    found = audience_queries.standing_facts(conn, customer_ids=[c for c in wanted if c is not None])
     handed = with_person(conn, customer_ids=list(found))
     refusals: dict[int | None, str] = {}
     for customer_id in wanted:
-        row = found.get(customer_id)
         if customer_id is None:
             refusals[customer_id] = "no customer"
             continue
+        row = found.get(customer_id)
         contact = Contact(
             marketing_consent=bool(row.marketing_consent) if row is not None else False,
             opted_out=row is not None and row.opted_out_at is not None,
@@ -238,29 +216,9 @@ def _channels(
     """Each customer's channel and address (:func:`pick_channel`), read for the batch at once."""
     identities: dict[tuple[int, str], str] = {}
     if any(isinstance(p.get("contact_channel"), str) for p in prefs.values()):
-        for cid, channel, address in conn.execute(
-            select(IDENTITY.c.customer_id, IDENTITY.c.channel, IDENTITY.c.address)
-            .where(IDENTITY.c.customer_id.between(lo, hi))
-            .order_by(IDENTITY.c.id)  # the latest address on a channel wins
-        ):
-            identities[(cid, channel)] = address
-    latest = (
-        select(func.max(MESSAGE.c.id))
-        .where(
-            MESSAGE.c.customer_id.between(lo, hi),
-            MESSAGE.c.direction == Direction.IN,
-            MESSAGE.c.channel.in_(sorted(config.channels)),
-        )
-        .group_by(MESSAGE.c.customer_id)
-    )
-    last_in = {
-        cid: (channel, address)
-        for cid, channel, address in conn.execute(
-            select(MESSAGE.c.customer_id, MESSAGE.c.channel, MESSAGE.c.address).where(
-                MESSAGE.c.id.in_(latest)
-            )
-        )
-    }
+        for cid, channel, address in audience_queries.identities_between(conn, lo=lo, hi=hi):
+            identities[(cid, channel)] = address  # oldest first: the latest address on a channel wins
+    last_in = audience_queries.last_inbound_between(conn, lo=lo, hi=hi, channels=config.channels)
     result: dict[int, tuple[str | None, str | None]] = {}
     for c in customers:
         preferred = prefs.get(c.id, {}).get("contact_channel")
@@ -271,16 +229,7 @@ def _channels(
 
 def _recent(conn: Connection, lo: int, hi: int) -> dict[int, list[datetime]]:
     """When each proactive message of the customers went (or is due to go)."""
-    rows = conn.execute(
-        select(
-            MESSAGE.c.customer_id, MESSAGE.c.sent_at, MESSAGE.c.next_attempt_at, MESSAGE.c.created_at
-        ).where(
-            MESSAGE.c.customer_id.between(lo, hi),
-            MESSAGE.c.direction == Direction.OUT,
-            MESSAGE.c.marketing.is_(True),
-            MESSAGE.c.status.in_(CAPPED_STATUSES),
-        )
-    )
+    rows = audience_queries.marketing_times_between(conn, lo=lo, hi=hi, statuses=CAPPED_STATUSES)
     recent: dict[int, list[datetime]] = defaultdict(list)
     for cid, sent, due, created in rows:
         recent[cid].append(sent or due or created)
@@ -289,14 +238,10 @@ def _recent(conn: Connection, lo: int, hi: int) -> dict[int, list[datetime]]:
 
 def _suppressed(conn: Connection, pairs: Iterable[tuple[str | None, str | None]]) -> set[tuple[str, str]]:
     """The (channel, address) pairs that belong to erased customers (never messaged unprompted)."""
-    if conn.execute(select(SUPPRESSION.c.id).limit(1)).first() is None:
+    if not audience_queries.any_suppression(conn):
         return set()  # nobody erased yet: no addresses to hash
     by_hash = {address_hash(ch, ad): (ch, ad) for ch, ad in pairs if ch and ad}
     if not by_hash:
         return set()
-    rows = conn.execute(
-        select(SUPPRESSION.c.channel, SUPPRESSION.c.address_hash).where(
-            SUPPRESSION.c.address_hash.in_(list(by_hash))
-        )
-    )
+    rows = audience_queries.suppressed_hashes(conn, hashes=by_hash)
     return {by_hash[h] for ch, h in rows if by_hash[h][0] == ch}

@@ -34,16 +34,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import ColumnElement, Connection, Engine, exists, func, insert, or_, select, true, update
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from dialogs.engine import ReplyOption
 from schedulers.audience import last_moment_refusals
 from schedulers.health import Part, describe
 from schedulers.leader import AlwaysLeader, LeaderLock
-from storage.models import DeliveryStatus, Direction, utcnow
-from storage.outreach_models import DELIVERY_ATTEMPT, OUTREACH_EVENT
-from storage.tables import CUSTOMER, IDENTITY, MESSAGE
+from storage import outbox_queries
+from storage.models import DeliveryStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -157,20 +156,6 @@ class RetryPolicy:
 
 OptionsFor = Callable[[str, str | None], tuple[ReplyOption, ...]]
 
-_CLAIMED = (
-    MESSAGE.c.id,
-    MESSAGE.c.customer_id,
-    MESSAGE.c.marketing,
-    MESSAGE.c.channel,
-    MESSAGE.c.address,
-    MESSAGE.c.text,
-    MESSAGE.c.intent,
-    MESSAGE.c.question_key,
-    MESSAGE.c.attempts,
-    MESSAGE.c.reconcile_since,
-    MESSAGE.c.provider_message_id,
-)
-
 
 class Outbox:
     """Sends queued messages through the senders of the configured channels.
@@ -214,7 +199,7 @@ class Outbox:
         (if the database is unavailable, the loop sends them once it is back)."""
         for message_id in sorted(message_ids):
             try:
-                claimed = await asyncio.to_thread(self._claim, MESSAGE.c.id == message_id, 1)
+                claimed = await asyncio.to_thread(self._claim, 1, message_id=message_id)
             except SQLAlchemyError as exc:
                 self.health.down(exc)
                 return
@@ -280,16 +265,9 @@ class Outbox:
         if not held:
             return 0
         with self.db.begin() as conn:
-            renewed = conn.execute(
-                update(MESSAGE)
-                .where(
-                    MESSAGE.c.id.in_(held),
-                    MESSAGE.c.claimed_by == self.worker_id,
-                    MESSAGE.c.status == DeliveryStatus.SENDING,
-                )
-                .values(lease_expires_at=self.clock() + self.lease)
+            return outbox_queries.renew_leases(
+                conn, message_ids=held, worker_id=self.worker_id, until=self.clock() + self.lease
             )
-        return int(renewed.rowcount or 0)
 
     async def _top_up(self, inflight: dict[str, set[asyncio.Task[None]]]) -> bool:
         """Claim for every channel with room; whether it asked the database at all."""
@@ -430,60 +408,31 @@ class Outbox:
         if not candidates:
             return None
         with self.db.connect() as conn:
-            taken = set(
-                conn.execute(
-                    select(MESSAGE.c.provider_message_id).where(
-                        MESSAGE.c.provider_message_id.in_(list(candidates)), MESSAGE.c.id != message_id
-                    )
-                ).scalars()
-            )
+            taken = outbox_queries.taken_provider_ids(conn, candidates=candidates, other_than=message_id)
         return next((c for c in candidates if c not in taken), None)
 
     def _claim_due(self, channel: str, limit: int) -> list[Outgoing]:
-        return self._claim(MESSAGE.c.channel == channel, limit)
+        return self._claim(limit, channel=channel)
 
-    def _claim(self, which: ColumnElement[bool], limit: int) -> list[Outgoing]:
-        """Mark up to ``limit`` due rows matching ``which`` as sending (oldest first) under this
-        worker's lease; refuse the marketing ones whose customer may no longer be contacted."""
+    def _claim(
+        self, limit: int, *, channel: str | None = None, message_id: int | None = None
+    ) -> list[Outgoing]:
+        """Mark up to ``limit`` due rows (of ``channel``, or the one ``message_id``) as sending
+        (oldest first) under this worker's lease; refuse the marketing ones whose customer may no
+        longer be contacted."""
         now = self.clock()
-        earlier = MESSAGE.alias("earlier")
-        waiting_before = exists().where(
-            earlier.c.customer_id == MESSAGE.c.customer_id,  # (customer_id, id) is indexed
-            earlier.c.channel == MESSAGE.c.channel,
-            earlier.c.address == MESSAGE.c.address,
-            earlier.c.direction == Direction.OUT,
-            earlier.c.marketing.is_(False),
-            earlier.c.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.SENDING)),
-            earlier.c.id < MESSAGE.c.id,
-        )
-        due = (
-            select(MESSAGE.c.id)
-            .where(
-                which,
-                MESSAGE.c.direction == Direction.OUT,
-                MESSAGE.c.status == DeliveryStatus.QUEUED,
-                or_(MESSAGE.c.next_attempt_at.is_(None), MESSAGE.c.next_attempt_at <= now),
-                or_(MESSAGE.c.marketing.is_(True), ~waiting_before, MESSAGE.c.created_at <= now - ORDER_HOLD),
-            )
-            .order_by(MESSAGE.c.id)
-            .limit(limit)
-        )
-        if self._skip_locked:
-            due = due.with_for_update(skip_locked=True)
-        picked = due.cte("due")
         with self.db.begin() as conn:
-            rows = conn.execute(
-                update(MESSAGE)
-                .where(MESSAGE.c.id.in_(select(picked.c.id)))
-                .values(
-                    status=DeliveryStatus.SENDING,
-                    attempts=MESSAGE.c.attempts + 1,
-                    claimed_at=now,
-                    claimed_by=self.worker_id,
-                    lease_expires_at=now + self.lease,
-                )
-                .returning(*_CLAIMED)
-            ).all()
+            rows = outbox_queries.claim_due(
+                conn,
+                limit=limit,
+                now=now,
+                worker_id=self.worker_id,
+                lease=self.lease,
+                order_hold=ORDER_HOLD,
+                skip_locked=self._skip_locked,
+                channel=channel,
+                message_id=message_id,
+            )
             marketing = {r.customer_id for r in rows if r.marketing}
             refusals = _refusals(conn, marketing) if marketing else {}
             refused = {r.id for r in rows if r.marketing and r.customer_id in refusals}
@@ -493,15 +442,8 @@ class Outbox:
                 refused |= opted_out
             for row in rows:
                 if row.id in refused and row.id not in opted_out:
-                    conn.execute(
-                        update(MESSAGE)
-                        .where(MESSAGE.c.id == row.id)
-                        .values(
-                            status=DeliveryStatus.FAILED,
-                            error=f"contact policy: {refusals[row.customer_id]}",
-                            lease_expires_at=None,
-                        )
-                    )
+                    error = f"contact policy: {refusals[row.customer_id]}"
+                    outbox_queries.fail_message(conn, message_id=row.id, error=error)
         return [
             Outgoing(
                 r.id,
@@ -527,22 +469,22 @@ class Outbox:
     def _decide(self, outgoing: Outgoing, outcome: str, reason: str) -> None:
         """Record a decision about this attempt before acting on it (e.g. ``resend``)."""
         with self.db.begin() as conn:
-            conn.execute(
-                insert(DELIVERY_ATTEMPT).values(
-                    message_id=outgoing.message_id,
-                    attempt=outgoing.attempt,
-                    outcome=outcome,
-                    error=reason[:500],
-                    provider_message_id=None,
-                    claimed_at=outgoing.reconcile_since,
-                    at=self.clock(),
-                )
+            outbox_queries.add_attempt(
+                conn,
+                message_id=outgoing.message_id,
+                attempt=outgoing.attempt,
+                outcome=outcome,
+                error=reason[:500],
+                provider_message_id=None,
+                claimed_at=outgoing.reconcile_since,
+                at=self.clock(),
             )
 
     def _finish(self, outgoing: Outgoing, outcome: str | SendError | None, note: str | None = None) -> None:
         """Record how this attempt ended (``note``: why, for an accepted send found again)."""
         now = self.clock()
         provider_id = None
+        reconcile_from_claim = False
         lookup = isinstance(self.senders.get(outgoing.channel), Reconciler)
         if isinstance(outcome, SendError):
             if outcome.ambiguous and outgoing.marketing and not lookup:
@@ -558,7 +500,7 @@ class Outbox:
                 values.update(status=DeliveryStatus.QUEUED, next_attempt_at=now + timedelta(seconds=wait))
             if outcome.ambiguous and not last:
                 if lookup:  # looked up before it is sent again
-                    values["reconcile_since"] = func.coalesce(MESSAGE.c.reconcile_since, MESSAGE.c.claimed_at)
+                    reconcile_from_claim = True
                     error += f"; looked up at {outgoing.channel} before any resend"
                 else:
                     error += f"; {outgoing.channel} has no look-up: the reply is sent again (never marketing)"
@@ -579,59 +521,43 @@ class Outbox:
                 values["provider_message_id"] = provider_id = outcome
             result, error = "sent", note or ""
         with self.db.begin() as conn:
-            claimed = conn.execute(
-                update(MESSAGE)
-                .where(
-                    MESSAGE.c.id == outgoing.message_id,
-                    MESSAGE.c.status == DeliveryStatus.SENDING,
-                    MESSAGE.c.attempts == outgoing.attempt,  # this claim, not a later one
-                    MESSAGE.c.claimed_by == self.worker_id,
-                )
-                .values(**values)
-                .returning(MESSAGE.c.claimed_at)
-            ).first()
+            claimed = outbox_queries.settle_claim(
+                conn,
+                message_id=outgoing.message_id,
+                attempt=outgoing.attempt,  # this claim, not a later one
+                worker_id=self.worker_id,
+                values=values,
+                reconcile_from_claim=reconcile_from_claim,
+            )
             if claimed is None and provider_id is not None:
                 # A status callback may have settled it first (it was delivered before we
                 # finished): the send happened all the same, so its attempt is recorded.
-                claimed = conn.execute(
-                    update(MESSAGE)
-                    .where(
-                        MESSAGE.c.id == outgoing.message_id,
-                        MESSAGE.c.status.in_(tuple(set(DELIVERY_STATES.values()))),
-                        MESSAGE.c.attempts == outgoing.attempt,
-                        ~exists().where(
-                            DELIVERY_ATTEMPT.c.message_id == outgoing.message_id,
-                            DELIVERY_ATTEMPT.c.attempt == outgoing.attempt,
-                        ),
-                    )
-                    .values(
-                        provider_message_id=provider_id,
-                        sent_at=func.coalesce(MESSAGE.c.sent_at, now),
-                        next_attempt_at=None,
-                    )
-                    .returning(MESSAGE.c.claimed_at)
-                ).first()
+                claimed = outbox_queries.settle_accepted_late(
+                    conn,
+                    message_id=outgoing.message_id,
+                    attempt=outgoing.attempt,
+                    provider_id=provider_id,
+                    final=set(DELIVERY_STATES.values()),
+                    now=now,
+                )
             if isinstance(outcome, SendError) and outcome.opted_out:
                 _mark_opted_out(conn, outgoing.message_id, now)
             if claimed is not None:  # else its lease was taken over (and the attempt recorded)
-                conn.execute(
-                    insert(DELIVERY_ATTEMPT).values(
-                        message_id=outgoing.message_id,
-                        attempt=outgoing.attempt,
-                        outcome=result,
-                        error=error[:500] or None,
-                        provider_message_id=provider_id,
-                        claimed_at=claimed.claimed_at,
-                        at=now,
-                    )
+                outbox_queries.add_attempt(
+                    conn,
+                    message_id=outgoing.message_id,
+                    attempt=outgoing.attempt,
+                    outcome=result,
+                    error=error[:500] or None,
+                    provider_message_id=provider_id,
+                    claimed_at=claimed.claimed_at,
+                    at=now,
                 )
             elif provider_id is not None:
                 # Accepted after another worker took the lease over: leave the id where that
                 # worker's reconciliation finds it (never send it again).
-                conn.execute(
-                    update(MESSAGE)
-                    .where(MESSAGE.c.id == outgoing.message_id, MESSAGE.c.provider_message_id.is_(None))
-                    .values(provider_message_id=provider_id)
+                outbox_queries.leave_provider_id(
+                    conn, message_id=outgoing.message_id, provider_id=provider_id
                 )
                 log.warning(
                     "message %d was accepted as %s after its lease was taken over; recorded for the "
@@ -661,27 +587,15 @@ def record_status(
     """
     now = now or utcnow()
     with db.begin() as conn:
-        row = conn.execute(
-            select(MESSAGE.c.id).where(
-                MESSAGE.c.channel == channel,
-                MESSAGE.c.direction == Direction.OUT,
-                MESSAGE.c.provider_message_id == provider_id,
-            )
-        ).first()
-        if row is None:
+        message_id = outbox_queries.outbound_by_provider_id(conn, channel=channel, provider_id=provider_id)
+        if message_id is None:
             return False
-        message_id = row.id
         if error:
-            conn.execute(update(MESSAGE).where(MESSAGE.c.id == message_id).values(error=error[:500]))
+            outbox_queries.set_error(conn, message_id=message_id, error=error[:500])
         final = DELIVERY_STATES.get(state.lower())
         if final is not None:
-            values: dict[str, Any] = {"status": final, "sent_at": func.coalesce(MESSAGE.c.sent_at, now)}
-            if final == DeliveryStatus.DELIVERED:
-                values["delivered_at"] = now
-            conn.execute(
-                update(MESSAGE)
-                .where(MESSAGE.c.id == message_id, MESSAGE.c.status.in_(_BEFORE_FINAL))
-                .values(**values)
+            outbox_queries.set_final_status(
+                conn, message_id=message_id, status=final, before=_BEFORE_FINAL, now=now
             )
         if opted_out:
             _mark_opted_out(conn, message_id, now)
@@ -691,12 +605,7 @@ def record_status(
 def _mark_opted_out(conn: Connection, message_id: int, now: datetime) -> None:
     """The provider says the recipient of ``message_id`` unsubscribed: record it on the customer
     (an earlier opt-out time is kept)."""
-    customer = select(MESSAGE.c.customer_id).where(MESSAGE.c.id == message_id).scalar_subquery()
-    conn.execute(
-        update(CUSTOMER)
-        .where(CUSTOMER.c.id == customer, CUSTOMER.c.opted_out_at.is_(None))
-        .values(opted_out_at=now)
-    )
+    outbox_queries.mark_opted_out(conn, message_id=message_id, now=now)
 
 
 def _opted_out_replies(conn: Connection, rows: Sequence[Any]) -> set[int]:
@@ -708,25 +617,12 @@ def _opted_out_replies(conn: Connection, rows: Sequence[Any]) -> set[int]:
         return set()
     customers = {r.customer_id for r in rows if r.customer_id is not None}
     addresses = {r.address for r in rows}
-    owners = select(IDENTITY.c.customer_id).where(IDENTITY.c.address.in_(addresses))
-    opted = conn.execute(
-        select(CUSTOMER.c.id, CUSTOMER.c.phone).where(
-            CUSTOMER.c.opted_out_at.is_not(None),
-            or_(CUSTOMER.c.id.in_(customers), CUSTOMER.c.phone.in_(addresses), CUSTOMER.c.id.in_(owners)),
-        )
-    ).all()
+    opted = outbox_queries.opted_out_among(conn, customer_ids=customers, addresses=addresses)
     if not opted:
         return set()
-    opted_ids = {o.id for o in opted}
-    opted_phones = {o.phone for o in opted if o.phone}
-    owned = {
-        (i.channel, i.address)
-        for i in conn.execute(
-            select(IDENTITY.c.channel, IDENTITY.c.address).where(
-                IDENTITY.c.customer_id.in_(opted_ids), IDENTITY.c.address.in_(addresses)
-            )
-        )
-    }
+    opted_ids = {cid for cid, _ in opted}
+    opted_phones = {phone for _, phone in opted if phone}
+    owned = outbox_queries.owned_addresses(conn, customer_ids=opted_ids, addresses=addresses)
     return {
         r.id
         for r in rows
@@ -735,17 +631,7 @@ def _opted_out_replies(conn: Connection, rows: Sequence[Any]) -> set[int]:
 
 
 def _refuse_opted_out(conn: Connection, rows: Sequence[Any], now: datetime) -> None:
-    conn.execute(
-        update(MESSAGE)
-        .where(MESSAGE.c.id.in_([r.id for r in rows]))
-        .values(status=DeliveryStatus.FAILED, error=OPTED_OUT_REASON, next_attempt_at=None)
-    )
-    claimed = conn.execute(
-        select(MESSAGE.c.id, MESSAGE.c.attempts, MESSAGE.c.claimed_at).where(
-            MESSAGE.c.id.in_([r.id for r in rows])
-        )
-    ).all()
-    _record_attempts(conn, claimed, "failed", OPTED_OUT_REASON, now)
+    outbox_queries.refuse(conn, message_ids=[r.id for r in rows], reason=OPTED_OUT_REASON, now=now)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -763,49 +649,12 @@ def _refusals(conn: Connection, customer_ids: set[int | None]) -> dict[int | Non
 def _mark_unknown(
     conn: Connection, message_ids: Sequence[int], reason: str, now: datetime, *, attempt: int | None = None
 ) -> None:
-    this_claim = MESSAGE.c.attempts == attempt if attempt is not None else true()
-    rows = conn.execute(
-        update(MESSAGE)
-        .where(MESSAGE.c.id.in_(list(message_ids)), MESSAGE.c.status == DeliveryStatus.SENDING, this_claim)
-        .values(status=DeliveryStatus.UNKNOWN, error=reason, next_attempt_at=None, lease_expires_at=None)
-        .returning(MESSAGE.c.id, MESSAGE.c.customer_id, MESSAGE.c.attempts, MESSAGE.c.claimed_at)
-    ).all()
-    _record_attempts(conn, rows, "unknown", reason, now)
-    if any(r.customer_id is not None for r in rows):
-        conn.execute(
-            insert(OUTREACH_EVENT),
-            [
-                {
-                    "customer_id": r.customer_id,
-                    "kind": "unknown",
-                    "reason": reason[:64],
-                    "message_id": r.id,
-                    "at": now,
-                }
-                for r in rows
-                if r.customer_id is not None
-            ],
-        )
+    outbox_queries.mark_unknown(conn, message_ids=message_ids, reason=reason, now=now, attempt=attempt)
 
 
 def _record_attempts(conn: Connection, rows: Sequence[Any], outcome: str, error: str, now: datetime) -> None:
     """Attempts that ended without an answer from the channel (rows: id, attempts, claimed_at)."""
-    if rows:
-        conn.execute(
-            insert(DELIVERY_ATTEMPT),
-            [
-                {
-                    "message_id": r.id,
-                    "attempt": r.attempts,
-                    "outcome": outcome,
-                    "error": error[:500],
-                    "provider_message_id": None,
-                    "claimed_at": r.claimed_at,
-                    "at": now,
-                }
-                for r in rows
-            ],
-        )
+    outbox_queries.record_attempts(conn, rows=rows, outcome=outcome, error=error, now=now)
 
 
 LEASE_EXPIRED = (
@@ -824,23 +673,7 @@ def release_expired(
     (its own renewal may merely be late)."""
     now = now or utcnow()
     with db.begin() as conn:
-        rows = conn.execute(
-            update(MESSAGE)
-            .where(
-                MESSAGE.c.status == DeliveryStatus.SENDING,
-                MESSAGE.c.direction == Direction.OUT,
-                or_(MESSAGE.c.lease_expires_at.is_(None), MESSAGE.c.lease_expires_at < now),
-                MESSAGE.c.id.not_in(list(keep)) if keep else true(),
-            )
-            .values(
-                status=DeliveryStatus.QUEUED,
-                next_attempt_at=None,
-                reconcile_since=func.coalesce(MESSAGE.c.reconcile_since, MESSAGE.c.claimed_at, now),
-                claimed_by=None,
-                lease_expires_at=None,
-            )
-            .returning(MESSAGE.c.id, MESSAGE.c.attempts, MESSAGE.c.claimed_at)
-        ).all()
+        rows = outbox_queries.release_expired(conn, now=now, keep=keep)
         _record_attempts(conn, rows, "retry", LEASE_EXPIRED, now)
     if rows:
         log.warning("took over %d message(s) whose worker's lease expired", len(rows))

@@ -8,8 +8,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Connection, Row, Table, exists, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Table, exists, func, insert, select, update
 
+from storage.audience_queries import CUSTOMER_COLUMNS
 from storage.broadcast_models import BroadcastStatus, RecipientStatus
 from storage.tables import (
     BROADCAST,
@@ -25,12 +26,11 @@ from storage.types import DeliveryStatus, Direction
 # -- facts of a batch of customers -------------------------------------------------------------
 
 
-def customers_after(
-    conn: Connection, *, columns: Sequence[ColumnElement[Any]], after: int, limit: int
-) -> Sequence[Row[Any]]:
-    """``columns`` of the next ``limit`` customers (not erased) with ids above ``after``, by id."""
+def customers_after(conn: Connection, *, after: int, limit: int) -> Sequence[Any]:
+    """The contact columns (:data:`~storage.audience_queries.CUSTOMER_COLUMNS`) of the next
+    ``limit`` customers (not erased) with ids above ``after``, by id."""
     query = (
-        select(*columns)
+        select(*CUSTOMER_COLUMNS)
         .where(CUSTOMER.c.id > after, CUSTOMER.c.erased_at.is_(None))
         .order_by(CUSTOMER.c.id)
         .limit(limit)

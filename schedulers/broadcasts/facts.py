@@ -18,7 +18,6 @@ from sqlalchemy import Connection
 
 from dialogs.advisor import Advisor, decline_holds
 from plans.fit import Catalog, Fit, fit_batch, needs_from, read_usage, usage_batch, usage_query
-from schedulers.audience import CUSTOMER_COLUMNS
 from schedulers.audience import contacts as audience_contacts
 from schedulers.policy import Contact, Decision, PolicyConfig, decide
 from schedulers.segment_filter import Node, Term, evaluate
@@ -95,9 +94,7 @@ def facts_batch(
     catalog = advisor.catalog(conn)
     usage_of = usage_query(catalog.metrics)
     lookback = advisor.config.fit.lookback
-    customers = broadcast_queries.customers_after(
-        conn, columns=CUSTOMER_COLUMNS, after=after, limit=batch_size
-    )
+    customers = broadcast_queries.customers_after(conn, after=after, limit=batch_size)
     if not customers:
         return []
     lo, hi = customers[0].id, customers[-1].id

@@ -301,7 +301,7 @@ def test_a_heartbeat_keeps_a_live_workers_claims(db: Engine) -> None:
     reply = _outbound(db, marketing=False, status="queued", claimed_at=None)
     clock = Clock()
     outbox = Outbox(db, {"sms": RecordingSender()}, lambda *_: (), clock=clock, lease=timedelta(seconds=10))
-    [claimed] = outbox._claim(MESSAGE.c.id == reply, 1)
+    [claimed] = outbox._claim(1, message_id=reply)
     assert _row(db, reply)["claimed_by"] == outbox.worker_id
     clock.now = START + timedelta(seconds=8)
     assert outbox.heartbeat() == 0  # renews only what it is sending now
@@ -400,10 +400,10 @@ def test_a_timeout_after_the_request_went_makes_marketing_unknown_and_retries_a_
 def test_a_late_answer_does_not_settle_a_later_claim_of_the_same_message(db: Engine) -> None:
     reply = _outbound(db, marketing=False, status="queued", claimed_at=None)
     outbox = Outbox(db, {"sms": RecordingSender()}, lambda *_: (), clock=Clock())
-    [first] = outbox._claim(MESSAGE.c.id == reply, 1)
+    [first] = outbox._claim(1, message_id=reply)
     with db.begin() as conn:  # recovery took it for dead and another worker claimed it again
         conn.execute(update(MESSAGE).where(MESSAGE.c.id == reply).values(status="queued"))
-    [second] = outbox._claim(MESSAGE.c.id == reply, 1)
+    [second] = outbox._claim(1, message_id=reply)
     outbox._finish(first, SendError("503", retryable=True))  # the first worker's late answer
     assert (_row(db, reply)["status"], _row(db, reply)["attempts"]) == ("sending", 2)
     outbox._finish(second, "SM2")
