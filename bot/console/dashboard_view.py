@@ -78,20 +78,28 @@ def newcombe(x1: int, n1: int, x2: int, n2: int, z: float = Z95) -> tuple[float,
 # -- charts --------------------------------------------------------------------------------------------
 
 BAR_W, ROW_H, LABEL_W = 560, 22, 190
+BAR, INK = "#7aa2e8", "#4a5560"  # presentation attributes: no styles needed (the CSP allows none inline)
 
 
 def _num(value: float) -> str:
     return f"{value:,.0f}" if value == int(value) else f"{value:,.1f}"
 
 
-def bars_svg(title: str, items: Sequence[tuple[str, float]], *, percent: bool = False) -> Markup:
+def bars_svg(
+    title: str,
+    items: Sequence[tuple[str, float]],
+    *,
+    percent: bool = False,
+    empty: str = "no data in this range",
+) -> Markup:
     """Horizontal bars, one per (label, value), labelled with the value; every text escaped."""
     top = max([v for _, v in items] + [1e-9])
     height = ROW_H * max(len(items), 1) + 8
     span = BAR_W - LABEL_W - 70
     parts = [
-        f'<svg class="chart" role="img" viewBox="0 0 {BAR_W} {height}" width="{BAR_W}" height="{height}" '
-        f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
+        f'<svg class="dash-chart" role="img" viewBox="0 0 {BAR_W} {height}" width="{BAR_W}" '
+        f'height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11" fill="{INK}">'
+        f"<title>{escape(title)}</title>"
     ]
     for i, (label, value) in enumerate(items):
         y = 4 + i * ROW_H
@@ -99,12 +107,13 @@ def bars_svg(title: str, items: Sequence[tuple[str, float]], *, percent: bool = 
         shown = f"{value:.0%}" if percent else _num(value)
         parts.append(
             f'<text x="{LABEL_W - 6}" y="{y + 14}" text-anchor="end">{escape(label[:40])}</text>'
-            f'<rect class="bar" x="{LABEL_W}" y="{y + 3}" width="{width:.1f}" height="{ROW_H - 8}">'
+            f'<rect class="bar" fill="{BAR}" x="{LABEL_W}" y="{y + 3}" width="{width:.1f}" '
+            f'height="{ROW_H - 8}">'
             f"<title>{escape(label)}: {escape(shown)}</title></rect>"
             f'<text x="{LABEL_W + width + 4:.1f}" y="{y + 14}">{escape(shown)}</text>'
         )
     if not items:
-        parts.append(f'<text x="{LABEL_W}" y="16">no data in this range</text>')
+        parts.append(f'<text x="{LABEL_W}" y="16">{escape(empty)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -115,9 +124,11 @@ def daily_svg(title: str, days: Sequence[date], values: dict[date, float]) -> Ma
     plot_h, plot_w = height - bottom - 10, width - left - 6
     step = plot_w / max(len(days), 1)
     parts = [
-        f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
-        f'<line class="axis" x1="{left}" y1="{10 + plot_h}" x2="{width - 6}" y2="{10 + plot_h}"/>',
+        f'<svg class="dash-chart" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11" fill="{INK}">'
+        f"<title>{escape(title)}</title>",
+        f'<line class="axis" stroke="#9aa6b2" x1="{left}" y1="{10 + plot_h}" x2="{width - 6}" '
+        f'y2="{10 + plot_h}"/>',
         f'<text x="{left - 4}" y="14" text-anchor="end">100%</text>',
         f'<text x="{left - 4}" y="{10 + plot_h}" text-anchor="end">0%</text>',
     ]
@@ -127,7 +138,7 @@ def daily_svg(title: str, days: Sequence[date], values: dict[date, float]) -> Ma
         h = plot_h * values[day]
         x = left + i * step
         parts.append(
-            f'<rect class="bar" x="{x + step * 0.15:.1f}" y="{10 + plot_h - h:.1f}" '
+            f'<rect class="bar" fill="{BAR}" x="{x + step * 0.15:.1f}" y="{10 + plot_h - h:.1f}" '
             f'width="{max(step * 0.7, 1):.1f}" height="{h:.1f}"><title>{day.isoformat()}: '
             f"{values[day]:.0%}</title></rect>"
         )
@@ -177,6 +188,7 @@ def learning(f: Figures) -> list[Figure]:
     questions.chart = bars_svg(
         "customers who dropped off at each question",
         [(str(r[0]), float(r[6] or 0)) for r in questions.rows if r[6]],
+        empty="nobody dropped off at a question",
     )
     questions.note = "dropped off: the question is waiting for an answer for more than 48 hours"
     stale = Figure("stale", "learning", "Facts gone stale", ("question", "stale facts"))
