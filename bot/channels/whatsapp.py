@@ -261,6 +261,7 @@ class WhatsAppService(SmsService):
 
     name = CHANNEL
     prefix = "/whatsapp"
+    label = "WhatsApp"
 
     def _make_sender(self, limiter: SharedLimiter) -> TwilioSender:
         settings = self.runtime.settings

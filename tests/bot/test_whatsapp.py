@@ -381,3 +381,18 @@ def test_bad_whatsapp_webhooks_get_a_clear_4xx_and_nothing_is_stored(db_url: str
         assert app.post("/whatsapp/status", read).status_code == 204
         assert app.post("/whatsapp/status", {**read, "MessageStatus": "r\x00"}).status_code == 400
         assert _out(app)[0].status == "delivered"  # type: ignore[attr-defined]
+
+
+def test_whatsapp_webhook_log_lines_say_whatsapp(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    with serve_sms_app(db_url, whatsapp=True) as app:
+        form = {"MessageSid": "SMlog1", "From": WA, "To": f"whatsapp:{WHATSAPP_FROM}", "Body": "hi"}
+        with caplog.at_level("WARNING", logger="bot.channels.sms"):
+            assert app.post("/whatsapp/inbound", form, signature="forged").status_code == 403
+            assert app.post("/whatsapp/inbound", {**form, "From": "whatsapp:nope"}).status_code == 400
+            assert app.post("/sms/inbound", {**form, "From": "whatsapp:nope"}).status_code == 400
+            assert app.post("/whatsapp/status", {"MessageSid": "SMx", "To": WA}).status_code == 400
+            assert app.post("/sms/inbound", {**form, "From": "nope", "To": "+15005550006"}).status_code == 400
+        lines = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+        assert len(lines) == 5, lines
+        assert all(line.startswith("WhatsApp webhook ") for line in lines[:4]), lines
+        assert lines[4].startswith("SMS webhook /sms/inbound rejected with 400"), lines
