@@ -68,6 +68,11 @@ def record_opt_in(conn: Connection, *, customer_id: int, at: datetime) -> None:
     )
 
 
+def withdraw_opt_in(conn: Connection, *, customer_id: int) -> None:
+    """The customer no longer agrees to business-initiated messages on WhatsApp."""
+    conn.execute(update(CUSTOMER).where(CUSTOMER.c.id == customer_id).values(whatsapp_opt_in_at=None))
+
+
 def session_of(conn: Connection, *, address: str) -> Session | None:
     """The WhatsApp facts of the customer whose WhatsApp address (E.164) is ``address``; else of
     the customer with that phone number; None when nobody has it."""
