@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, exists, func, insert, or_, select, update
 
-from storage.outreach_models import DELIVERY_ATTEMPT
+from storage.outreach_models import DELIVERY_ATTEMPT, WHATSAPP_CONTENT
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE
 from storage.types import Channel, DeliveryStatus, Direction
 
@@ -222,3 +222,14 @@ def explain_failure(conn: Connection, *, message_id: int, reason: str) -> None:
         .where(MESSAGE.c.id == message_id, MESSAGE.c.status == DeliveryStatus.FAILED)
         .values(error=reason[:500])
     )
+
+
+def content_sid(conn: Connection, *, key: str) -> str | None:
+    """The Content SID of the Content API item made for ``key`` (a digest of what it holds)."""
+    return conn.execute(select(WHATSAPP_CONTENT.c.content_sid).where(WHATSAPP_CONTENT.c.key == key)).scalar()
+
+
+def save_content_sid(conn: Connection, *, key: str, sid: str, now: datetime) -> None:
+    """Keep the Content SID made for ``key``. IntegrityError when another worker kept one first
+    (read it with :func:`content_sid`)."""
+    conn.execute(insert(WHATSAPP_CONTENT).values(key=key, content_sid=sid, created_at=now))

@@ -9,15 +9,15 @@ session window (:mod:`storage.whatsapp`). A quick-reply button press arrives as 
 
 Out (:class:`WhatsAppSender`): ``whatsapp:`` addresses on the Messages API. Inside the session
 window a message goes free-form, its choices as quick-reply buttons (at most 3, a Content API
-``twilio/quick-reply`` made once per set of buttons, the text as its variable) or, with more, as
-numbered text. Outside the window a business-initiated (marketing) message goes only as the
-approved template configured for its intent (``ContentSid`` and ``ContentVariables``,
-:mod:`bot.whatsapp_templates`); without one (or without an opt-in) it is queued again where the
-contact policy moves it (SMS, say), the reason kept, or failed with the reason when no channel may
-take it. Twilio's error 63016 (free-form outside the window), whether it refuses the send or
-reports it in a status callback, closes the customer's window and is decided the same way
-(:meth:`WhatsAppSender.refusal`): marketing goes again as its template (never free-form) or where
-the policy moves it, at most once; anything else fails with the reason.
+``twilio/quick-reply`` made once per set of buttons and kept in the database across restarts, the
+text as its variable) or, with more, as numbered text. Outside the window a business-initiated
+(marketing) message goes only as the approved template configured for its intent (``ContentSid`` and
+``ContentVariables``, :mod:`bot.whatsapp_templates`); without one (or without an opt-in) it is
+queued again where the contact policy moves it (SMS, say), the reason kept, or failed with the
+reason when no channel may take it. Twilio's error 63016 (free-form outside the window), whether it
+refuses the send or reports it in a status callback, closes the customer's window and is decided the
+same way (:meth:`WhatsAppSender.refusal`): marketing goes again as its template (never free-form) or
+where the policy moves it, at most once; anything else fails with the reason.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.rest.content.v1.content import ContentList
@@ -208,7 +208,11 @@ class WhatsAppSender(TwilioSender):
         key = hashlib.sha256(json.dumps(actions).encode()).hexdigest()[:32]
         with self._buttons_lock:
             known = self._buttons.get(key)
+        if known is None:
+            known = self._stored_content(key)
         if known is not None:
+            with self._buttons_lock:
+                self._buttons[key] = known
             return known
         request = ContentList.ContentCreateRequest(
             {
@@ -223,9 +227,31 @@ class WhatsAppSender(TwilioSender):
         except (TwilioRestException, OSError) as exc:
             log.warning("WhatsApp buttons could not be made (%s): sent as numbered text", exc)
             return None
-        sid = str(created.sid)
+        sid = self._keep_content(key, str(created.sid))
         with self._buttons_lock:
             self._buttons[key] = sid
+        return sid
+
+    def _stored_content(self, key: str) -> str | None:
+        """The Content SID kept in the database for ``key`` (made before a restart, or by
+        another worker); None when there is none or the database cannot say."""
+        try:
+            with self.db.connect() as conn:
+                return store.content_sid(conn, key=key)
+        except SQLAlchemyError as exc:
+            log.warning("could not read the kept WhatsApp buttons: %s", exc)
+            return None
+
+    def _keep_content(self, key: str, sid: str) -> str:
+        """Keep ``sid`` for ``key`` in the database; the one to use (another worker's, if it
+        kept one first)."""
+        try:
+            with self.db.begin() as conn:
+                store.save_content_sid(conn, key=key, sid=sid, now=utcnow())
+        except IntegrityError:
+            return self._stored_content(key) or sid
+        except SQLAlchemyError as exc:
+            log.warning("could not keep the WhatsApp buttons %s: %s", sid, exc)
         return sid
 
     def _create_params(self, message: Outgoing, content: dict[str, str]) -> str:

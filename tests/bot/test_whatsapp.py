@@ -3,6 +3,7 @@ local stand-in, webhooks signed with twilio's RequestValidator, on SQLite and Po
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,15 +12,17 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import Engine, insert, select, update
 
+from bot.channels.whatsapp import WhatsAppService
 from bot.settings import Settings
 from bot.whatsapp_templates import TemplateError, load_templates
 from dialogs import texts
-from dialogs.engine import DialogEngine
+from dialogs.engine import DialogEngine, ReplyOption
 from schedulers.audience import contact_of, pick_channel
+from schedulers.delivery import Outgoing
 from schedulers.nudges import NudgeConfig, nudge
 from schedulers.policy import PolicyConfig, Skip, decide, whatsapp_refusal
 from storage.models import DeliveryStatus, Direction, utcnow
-from storage.outreach_models import DELIVERY_ATTEMPT, OUTREACH_EVENT
+from storage.outreach_models import DELIVERY_ATTEMPT, OUTREACH_EVENT, WHATSAPP_CONTENT
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE
 from tests.twilio_standin import CUSTOMER_PHONE, WHATSAPP_FROM, Sent, SmsApp, serve_sms_app
 from tests.utils import Texter
@@ -498,3 +501,27 @@ def test_whatsapp_webhook_log_lines_say_whatsapp(db_url: str, caplog: pytest.Log
         assert len(lines) == 5, lines
         assert all(line.startswith("WhatsApp webhook ") for line in lines[:4]), lines
         assert lines[4].startswith("SMS webhook /sms/inbound rejected with 400"), lines
+
+
+def test_quick_reply_content_is_made_once_and_kept_across_a_restart(db_url: str) -> None:
+    with serve_sms_app(db_url, whatsapp=True) as app:
+        app.whatsapp("hi", sid="SMq1")
+        _replies(app)
+        message_id = _queue(app, "Contract or not?", marketing=False, intent="operator")
+        app.wait_until(lambda: app.rows(MESSAGE.c.id == message_id)[0].status == "delivered")
+        options = (ReplyOption("contract", "Contract"), ReplyOption("month_to_month", "Monthly"))
+        first = WhatsAppService(app.runtime)  # one process, then another after a restart
+        outgoing = Outgoing(message_id, "whatsapp", CUSTOMER_PHONE, "Contract or not?", options, 1)
+        before = len(app.standin.contents)
+        asyncio.run(first.sender.send(outgoing))
+        assert len(app.standin.contents) == before + 1
+        with app.runtime.db.connect() as conn:
+            (kept,) = conn.execute(select(WHATSAPP_CONTENT.c.content_sid)).scalars().all()
+        restarted = WhatsAppService(app.runtime)
+        asyncio.run(restarted.sender.send(outgoing))
+        assert len(app.standin.contents) == before + 1  # not made again
+        sent = app.standin.whatsapp(CUSTOMER_PHONE)[-2:]
+        assert [s.content_sid for s in sent] == [kept, kept]
+        assert [b for _, b in sent[-1].buttons] == ["contract", "month_to_month"]
+        for service in (first, restarted):
+            asyncio.run(service.stop())
