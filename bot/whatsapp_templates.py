@@ -63,6 +63,10 @@ class Templates:
     def intents(self) -> frozenset[str]:
         return frozenset(self.by_intent)
 
+    def sids(self) -> frozenset[str]:
+        """The Content SIDs of the configured templates."""
+        return frozenset(t.content_sid for t in self.by_intent.values())
+
 
 def load_templates(path: Path | None) -> Templates:
     """The templates in ``path`` (None: no templates). Raises :class:`TemplateError`."""

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
@@ -29,12 +29,13 @@ from storage.phones import to_e164
 from storage.plan_queries import plan_ids
 from storage.queries import save_customer
 from storage.usage_staging import UsageStaging
+from storage.whatsapp import record_opt_in, withdraw_opt_in
 
 Progress: TypeAlias = Callable[[int, int], None]
 """Called as ``progress(bytes_read, total_bytes)`` while a file is read."""
 
 CUSTOMER_COLUMNS = ("external_id", "phone", "name", "current_plan")
-CUSTOMER_OPTIONAL = ("timezone", "marketing_consent", "email", "telegram_username")
+CUSTOMER_OPTIONAL = ("timezone", "marketing_consent", "email", "telegram_username", "whatsapp_opt_in")
 USAGE_COLUMNS = ("external_id", "period", "metric", "quantity")
 
 USAGE_BATCH = 10_000
@@ -212,7 +213,9 @@ def _timezones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
-def _customer_values(row: Mapping[str, str], *, region: str, plans: set[str]) -> dict[str, Any] | str:
+def _customer_values(
+    row: Mapping[str, str], *, region: str, plans: set[str], now: datetime
+) -> dict[str, Any] | str:
     """The customer columns a row sets, or why it is rejected."""
     external_id = row["external_id"]
     if not external_id:
@@ -254,7 +257,36 @@ def _customer_values(row: Mapping[str, str], *, region: str, plans: set[str]) ->
         if username and not TELEGRAM_RE.fullmatch(username):
             return f"invalid telegram_username {row['telegram_username']!r} (5-32 letters, digits or _)"
         values["telegram_username"] = username or None
+    if "whatsapp_opt_in" in row:
+        opt_in = _whatsapp_opt_in(row["whatsapp_opt_in"], now)
+        if isinstance(opt_in, str):
+            return opt_in
+        values[WHATSAPP_OPT_IN] = opt_in
     return values
+
+
+WHATSAPP_OPT_IN = "whatsapp_opt_in"  # not a column: the opt-in is recorded after the upsert
+
+
+def _whatsapp_opt_in(text: str, now: datetime) -> datetime | bool | str:
+    """When the customer agreed to WhatsApp messages (yes: now; an ISO date or time: then),
+    ``False`` (no, or empty: not agreed), or why the cell is rejected."""
+    word = text.lower()
+    if word in _TRUE:
+        return now
+    if word in _FALSE:
+        return False
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return (
+            f"whatsapp_opt_in {text[:40]!r} is not one of true/false/yes/no/1/0/y/n nor an ISO date "
+            "or time such as 2026-03-01 or 2026-03-01T09:30:00Z (when the customer agreed)"
+        )
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    if at > now:
+        return f"whatsapp_opt_in {text[:40]!r} is in the future"
+    return at
 
 
 def import_customers(
@@ -268,7 +300,10 @@ def import_customers(
     """Import the customer book (CSV), upserting customers by ``external_id``.
 
     Required columns: external_id, phone, name, current_plan (a plan id in the catalog); optional:
-    timezone, marketing_consent, email, telegram_username. Phones without a country code are read
+    timezone, marketing_consent, email, telegram_username, whatsapp_opt_in (yes: the customer agreed
+    to business messages on WhatsApp, recorded at ``now``; an ISO date or time: agreed then; no or
+    empty: not agreed, which withdraws a recorded opt-in; an opt-in already recorded keeps its
+    first time). Phones without a country code are read
     in ``default_region`` and stored as E.164. An optional column absent from the file leaves that
     field as stored; an empty cell clears it (marketing_consent: false). When an external_id
     appears on several rows, each row updates the customer in turn, so the last one wins.
@@ -279,6 +314,7 @@ def import_customers(
     reader = _CsvReader(path)
     rejects = _Rejects(path)
     rows = imported = created = 0
+    moment = now or datetime.now(UTC)
     with closing(reader.records()) as records:
         header = _read_header(path, records, CUSTOMER_COLUMNS, CUSTOMER_OPTIONAL)
         with engine.connect() as conn:
@@ -291,13 +327,18 @@ def import_customers(
                     values = (
                         row
                         if isinstance(row, str)
-                        else _customer_values(row, region=default_region, plans=plans)
+                        else _customer_values(row, region=default_region, plans=plans, now=moment)
                     )
                     if isinstance(values, str):
                         reason: str | None = values
                     else:
+                        opt_in = values.pop(WHATSAPP_OPT_IN, None)
                         saved = save_customer(conn, values=values, now=now)
                         reason, created = saved.conflict, created + saved.created
+                        if saved.id is not None and isinstance(opt_in, datetime):
+                            record_opt_in(conn, customer_id=saved.id, at=opt_in)
+                        elif saved.id is not None and opt_in is False:
+                            withdraw_opt_in(conn, customer_id=saved.id)
                     if reason is None:
                         imported += 1
                     else:

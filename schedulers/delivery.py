@@ -43,6 +43,7 @@ from schedulers.health import Part, describe
 from schedulers.leader import AlwaysLeader, LeaderLock
 from storage import outbox_queries
 from storage.models import DeliveryStatus, utcnow
+from storage.whatsapp import REROUTED
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,10 @@ class SendError(Exception):
     (rate limits, timeouts, 5xx); ``retry_after``: how long the provider asked us to wait;
     ``ambiguous``: the request may have reached the provider (a timeout waiting for its answer,
     a 5xx), so marketing is not tried again (at most once) but reported ``unknown``;
-    ``opted_out``: the provider says the recipient unsubscribed (the outbox records the opt-out)."""
+    ``opted_out``: the provider says the recipient unsubscribed (the outbox records the opt-out);
+    ``reroute``: nothing went, and the message is to be queued again at once on this (channel,
+    address) instead (WhatsApp: as its template, or where the contact policy moves it), the
+    reason kept; at most once per message."""
 
     def __init__(
         self,
@@ -77,6 +81,7 @@ class SendError(Exception):
         retry_after: float | None = None,
         ambiguous: bool = False,
         opted_out: bool = False,
+        reroute: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -84,6 +89,7 @@ class SendError(Exception):
         self.retry_after = retry_after
         self.ambiguous = ambiguous
         self.opted_out = opted_out
+        self.reroute = reroute
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,13 +492,32 @@ class Outbox:
         provider_id = None
         reconcile_from_claim = False
         lookup = isinstance(self.senders.get(outgoing.channel), Reconciler)
-        if isinstance(outcome, SendError):
+        values: dict[str, object]
+        if isinstance(outcome, SendError) and outcome.reroute is not None:
+            channel, address = outcome.reroute
+            if channel in self.senders:
+                values = {
+                    "status": DeliveryStatus.QUEUED,
+                    "channel": channel,
+                    "address": address,
+                    "next_attempt_at": None,
+                    "reconcile_since": None,
+                    "lease_expires_at": None,
+                    "error": outcome.reason[:500],
+                }
+                result, error = REROUTED, outcome.reason
+            else:
+                reason = f"{outcome.reason}; but {channel} is not configured here"
+                outcome = SendError(reason, retryable=False)
+        if isinstance(outcome, SendError) and outcome.reroute is not None:
+            pass  # decided above
+        elif isinstance(outcome, SendError):
             if outcome.ambiguous and outgoing.marketing and not lookup:
                 self._unknown(outgoing, outcome.reason)  # it may have gone: at most once
                 return
             last = not outcome.retryable or outgoing.attempt >= self.policy.max_attempts
             error = outcome.reason
-            values: dict[str, object] = {"lease_expires_at": None}
+            values = {"lease_expires_at": None}
             if last:
                 values["status"] = DeliveryStatus.FAILED
             else:

@@ -75,7 +75,19 @@ class RateBucket(SQLModel, table=True):
     tat: float
 
 
+class WhatsAppContent(SQLModel, table=True):
+    """A Content API item Rapport made (a quick reply with its buttons), by a digest of what it
+    holds: made once, kept across restarts and shared by every worker."""
+
+    __tablename__ = "whatsapp_content"
+
+    key: str = Field(primary_key=True, max_length=64)
+    content_sid: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
 OUTREACH_EVENT: Table = SQLModel.metadata.tables["outreach_event"]
 BILLING_DELIVERY: Table = SQLModel.metadata.tables["billing_delivery"]
 RATE_BUCKET: Table = SQLModel.metadata.tables["rate_bucket"]
 DELIVERY_ATTEMPT: Table = SQLModel.metadata.tables["delivery_attempt"]
+WHATSAPP_CONTENT: Table = SQLModel.metadata.tables["whatsapp_content"]

@@ -13,14 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, exists, func, insert, or_, select, update
 
+from storage.outreach_models import DELIVERY_ATTEMPT, WHATSAPP_CONTENT
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE
-from storage.types import Channel, Direction
+from storage.types import Channel, DeliveryStatus, Direction
 
 CHANNEL = Channel.WHATSAPP.value
 SESSION = timedelta(hours=24)
 OPT_IN_KEY = "contact_channel"  # the preference whose value "whatsapp" is the opt-in
+# A delivery attempt's outcome when its message was queued again to go another way (as a
+# template, or on another channel): it happens at most once per message.
+REROUTED = "rerouted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,11 @@ def record_opt_in(conn: Connection, *, customer_id: int, at: datetime) -> None:
         .where(CUSTOMER.c.id == customer_id, CUSTOMER.c.whatsapp_opt_in_at.is_(None))
         .values(whatsapp_opt_in_at=at)
     )
+
+
+def withdraw_opt_in(conn: Connection, *, customer_id: int) -> None:
+    """The customer no longer agrees to business-initiated messages on WhatsApp."""
+    conn.execute(update(CUSTOMER).where(CUSTOMER.c.id == customer_id).values(whatsapp_opt_in_at=None))
 
 
 def session_of(conn: Connection, *, address: str) -> Session | None:
@@ -107,3 +116,120 @@ def last_inbound_at(conn: Connection, *, customer_id: int) -> datetime | None:
             MESSAGE.c.direction == Direction.IN,
         )
     ).scalar()
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An outbound WhatsApp message Twilio reported failed (what deciding its fate needs)."""
+
+    message_id: int
+    customer_id: int | None
+    address: str
+    text: str
+    intent: str | None
+    marketing: bool
+    attempts: int
+
+
+def reported(conn: Connection, *, provider_id: str) -> Refused | None:
+    """The failed outbound WhatsApp message Twilio took as ``provider_id``, if any."""
+    row = conn.execute(
+        select(
+            MESSAGE.c.id,
+            MESSAGE.c.customer_id,
+            MESSAGE.c.address,
+            MESSAGE.c.text,
+            MESSAGE.c.intent,
+            MESSAGE.c.marketing,
+            MESSAGE.c.attempts,
+        ).where(
+            MESSAGE.c.channel == CHANNEL,
+            MESSAGE.c.direction == Direction.OUT,
+            MESSAGE.c.provider_message_id == provider_id,
+            MESSAGE.c.status == DeliveryStatus.FAILED,
+        )
+    ).first()
+    if row is None:
+        return None
+    return Refused(row[0], row[1], row[2], row[3], row[4], bool(row[5]), int(row[6]))
+
+
+def rerouted_before(conn: Connection, *, message_id: int) -> bool:
+    """Whether the message was already queued again another way (never twice)."""
+    return bool(
+        conn.execute(
+            select(
+                exists().where(
+                    DELIVERY_ATTEMPT.c.message_id == message_id, DELIVERY_ATTEMPT.c.outcome == REROUTED
+                )
+            )
+        ).scalar()
+    )
+
+
+def requeue_reported(
+    conn: Connection,
+    *,
+    message_id: int,
+    provider_id: str,
+    channel: str,
+    address: str,
+    reason: str,
+    now: datetime,
+) -> bool:
+    """Queue a message Twilio reported failed again, on ``channel`` at ``address`` (WhatsApp
+    again: as its template), with the reason; its attempt is recorded ``rerouted``. False when
+    it is no longer that failed message (a duplicate callback, or done already)."""
+    row = conn.execute(
+        update(MESSAGE)
+        .where(
+            MESSAGE.c.id == message_id,
+            MESSAGE.c.provider_message_id == provider_id,
+            MESSAGE.c.status == DeliveryStatus.FAILED,
+        )
+        .values(
+            status=DeliveryStatus.QUEUED,
+            channel=channel,
+            address=address,
+            provider_message_id=None,  # the refused send's id stays on its attempt
+            error=reason[:500],
+            next_attempt_at=None,
+            reconcile_since=None,
+            lease_expires_at=None,
+        )
+        .returning(MESSAGE.c.attempts, MESSAGE.c.claimed_at)
+    ).first()
+    if row is None:
+        return False
+    conn.execute(
+        insert(DELIVERY_ATTEMPT).values(
+            message_id=message_id,
+            attempt=row.attempts,
+            outcome=REROUTED,
+            error=reason[:500],
+            provider_message_id=provider_id,
+            claimed_at=row.claimed_at,
+            at=now,
+        )
+    )
+    return True
+
+
+def explain_failure(conn: Connection, *, message_id: int, reason: str) -> None:
+    """Record why a failed message stays failed."""
+    conn.execute(
+        update(MESSAGE)
+        .where(MESSAGE.c.id == message_id, MESSAGE.c.status == DeliveryStatus.FAILED)
+        .values(error=reason[:500])
+    )
+
+
+def content_sid(conn: Connection, *, key: str) -> str | None:
+    """The Content SID of the Content API item made for ``key`` (a digest of what it holds)."""
+    return conn.execute(select(WHATSAPP_CONTENT.c.content_sid).where(WHATSAPP_CONTENT.c.key == key)).scalar()
+
+
+def save_content_sid(conn: Connection, *, key: str, sid: str, now: datetime) -> None:
+    """Keep the Content SID made for ``key``. IntegrityError when another worker kept one first
+    (read it with :func:`content_sid`)."""
+    conn.execute(insert(WHATSAPP_CONTENT).values(key=key, content_sid=sid, created_at=now))

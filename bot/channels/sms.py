@@ -301,6 +301,7 @@ class SmsService:
 
     name = CHANNEL
     prefix = "/sms"
+    label = "SMS"  # in log lines: "SMS webhook ..."
 
     def __init__(
         self,
@@ -379,17 +380,19 @@ class SmsService:
             try:
                 message = self.inbound(form)
             except BadRequest as exc:
-                return _bad_request(request, exc)
+                return _bad_request(request, exc, self._label(form))
             try:
                 result = await self.intake.turn(message)
             except DataError as exc:  # checked above; this is a last line of defence
                 return _bad_request(
-                    request, BadRequest(f"a value the database cannot store ({type(exc.orig).__name__})")
+                    request,
+                    BadRequest(f"a value the database cannot store ({type(exc.orig).__name__})"),
+                    self._label(form),
                 )
             if result is None:  # the database is down: kept in the spool, answered when it is back
                 return Response(TWIML_EMPTY, media_type="text/xml")
             if result.duplicate:
-                log.info("SMS %s was already handled (a Twilio retry)", message.provider_id)
+                log.info("%s %s was already handled (a Twilio retry)", self._label(form), message.provider_id)
             ids = [r.message_id for r in result.replies]
             if ids:
                 background.add_task(self._deliver, ids)
@@ -403,7 +406,7 @@ class SmsService:
             try:
                 report = status_report(form, channel=self.name)
             except BadRequest as exc:
-                return _bad_request(request, exc)
+                return _bad_request(request, exc, self._label(form))
             # 204 even for an unknown message (kept and tried again a while): Twilio does not
             # retry a 404 anyway; it would only raise debugger alerts.
             await self.intake.status(report, grace=self.status_grace)
@@ -460,25 +463,35 @@ class SmsService:
             media=media,
         )
 
+    def _label(self, form: Mapping[str, str] | None = None) -> str:
+        """What log lines call a webhook: "WhatsApp" on this channel's or a ``whatsapp:`` party's."""
+        parties = (form.get("From") or "", form.get("To") or "") if form is not None else ()
+        whatsapp = any(p.startswith(WHATSAPP_PREFIX) for p in parties)
+        return "WhatsApp" if whatsapp else self.label
+
     async def _verified(self, request: Request) -> dict[str, str] | Response:
         """The form of a request Twilio signed; a 400/403 response otherwise."""
         body = await read_body(request, MAX_FORM_BYTES)
         if body is None:
             log.warning(
-                "SMS webhook %s rejected with 413: larger than %d bytes", request.url.path, MAX_FORM_BYTES
+                "%s webhook %s rejected with 413: larger than %d bytes",
+                self.label,
+                request.url.path,
+                MAX_FORM_BYTES,
             )
             return Response("request too large\n", status_code=413, media_type="text/plain")
         try:
             form = parse_form(body, request.headers.get("content-type"))
         except BadRequest as exc:
-            return _bad_request(request, exc)
+            return _bad_request(request, exc, self.label)
         url = public_url(self.public_base_url, request.url.path, request.url.query)
         signature = request.headers.get("x-twilio-signature")
         if not verify_signature(self._auth_token, url, form, signature):
             reason = "no X-Twilio-Signature header" if not signature else "the signature does not match"
             log.warning(
-                "SMS webhook %s rejected with 403: %s for %s (check TWILIO_AUTH_TOKEN and that "
+                "%s webhook %s rejected with 403: %s for %s (check TWILIO_AUTH_TOKEN and that "
                 "PUBLIC_BASE_URL is the address configured at Twilio)",
+                self._label(form),
                 request.url.path,
                 reason,
                 url,
@@ -542,8 +555,8 @@ def _media(form: Mapping[str, str]) -> tuple[Media, ...]:
     return tuple(found)
 
 
-def _bad_request(request: Request, exc: BadRequest) -> Response:
-    log.warning("SMS webhook %s rejected with 400: %s", request.url.path, exc)
+def _bad_request(request: Request, exc: BadRequest, label: str = "SMS") -> Response:
+    log.warning("%s webhook %s rejected with 400: %s", label, request.url.path, exc)
     return Response(f"bad request: {exc}\n", status_code=400, media_type="text/plain")
 
 

@@ -9,13 +9,15 @@ session window (:mod:`storage.whatsapp`). A quick-reply button press arrives as 
 
 Out (:class:`WhatsAppSender`): ``whatsapp:`` addresses on the Messages API. Inside the session
 window a message goes free-form, its choices as quick-reply buttons (at most 3, a Content API
-``twilio/quick-reply`` made once per set of buttons, the text as its variable) or, with more, as
-numbered text. Outside the window a business-initiated (marketing) message goes only as the
-approved template configured for its intent (``ContentSid`` and ``ContentVariables``,
-:mod:`bot.whatsapp_templates`); without one it is not sent (failed, with the reason; the contact
-policy had already moved such messages to SMS where it could). Twilio's error 63016 (free-form
-outside the window) closes the customer's window and fails the message with the reason, or, for
-marketing with a template, sends it again as the template: never again as free-form.
+``twilio/quick-reply`` made once per set of buttons and kept in the database across restarts, the
+text as its variable) or, with more, as numbered text. Outside the window a business-initiated
+(marketing) message goes only as the approved template configured for its intent (``ContentSid`` and
+``ContentVariables``, :mod:`bot.whatsapp_templates`); without one (or without an opt-in) it is
+queued again where the contact policy moves it (SMS, say), the reason kept, or failed with the
+reason when no channel may take it. Twilio's error 63016 (free-form outside the window), whether it
+refuses the send or reports it in a status callback, closes the customer's window and is decided the
+same way (:meth:`WhatsAppSender.refusal`): marketing goes again as its template (never free-form) or
+where the policy moves it, at most once; anything else fails with the reason.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.rest.content.v1.content import ContentList
@@ -45,7 +47,9 @@ from bot.intake import StatusReport
 from bot.runtime import Runtime
 from bot.whatsapp_templates import Template, Templates
 from dialogs.engine import ReplyOption
+from schedulers.audience import contact_of
 from schedulers.delivery import Outgoing, SendError
+from schedulers.policy import PolicyConfig
 from schedulers.ratelimit import SharedLimiter
 from storage import whatsapp as store
 from storage.models import utcnow
@@ -76,6 +80,7 @@ class WhatsAppSender(TwilioSender):
         db: Engine,
         templates: Templates,
         *,
+        policy: PolicyConfig,
         company: str,
         from_number: str | None,
         messaging_service_sid: str | None,
@@ -98,6 +103,7 @@ class WhatsAppSender(TwilioSender):
         )
         self.db = db
         self.templates = templates
+        self.policy = policy
         self.company = company
         self._buttons: dict[str, str] = {}  # buttons digest -> Content SID of its quick reply
         self._buttons_lock = threading.Lock()
@@ -117,24 +123,27 @@ class WhatsAppSender(TwilioSender):
 
     def _params(self, message: Outgoing) -> dict[str, str]:
         """What to send: a template outside the window (marketing), else free-form with buttons or
-        numbered choices. Raises :class:`SendError` when WhatsApp's rules forbid sending it."""
+        numbered choices. Raises :class:`SendError` when WhatsApp's rules forbid sending it (with
+        where the contact policy moves it instead, if anywhere)."""
         if message.marketing:
             with self.db.connect() as conn:
                 session = store.session_of(conn, address=message.address)
             if session is None or session.opt_in_at is None:
-                raise SendError(
+                raise self.refusal(
+                    message,
                     "no WhatsApp opt-in recorded for this customer: business-initiated messages "
                     "need one (whatsapp_no_opt_in)",
-                    retryable=False,
+                    template_ok=False,
                 )
             if not session.open_at(utcnow()):
                 template = self.templates.get(message.intent)
                 if template is None:
-                    raise SendError(
+                    raise self.refusal(
+                        message,
                         f"outside the customer's 24-hour WhatsApp session window and no template for "
                         f"intent {message.intent!r} in WHATSAPP_TEMPLATES: not sent as free-form "
                         "(whatsapp_window_closed_no_template)",
-                        retryable=False,
+                        template_ok=False,
                     )
                 return self._template(template, message, session.name)
         options = message.options
@@ -144,6 +153,46 @@ class WhatsAppSender(TwilioSender):
                 variables = {"1": message.text[:MAX_BUTTON_BODY]}
                 return {"content_sid": sid, "content_variables": json.dumps(variables)}
         return {"body": render(message.text, options)[:MAX_BODY]}
+
+    def refusal(self, message: Outgoing, why: str, *, template_ok: bool) -> SendError:
+        """What becomes of ``message`` when WhatsApp will not take it free-form (``why``): before
+        sending, when Twilio refuses the send with 63016, and when a status callback reports 63016,
+        all decide here. Marketing goes again as its intent's template (``template_ok``: it did
+        not go as one), else where the contact policy moves it (SMS, say), each at most once per
+        message; otherwise it fails with the reason."""
+        if not message.marketing:
+            return SendError(
+                f"{why}; a free-form message cannot go outside the window (only a template), not retried",
+                retryable=False,
+            )
+        with self.db.connect() as conn:
+            if store.rerouted_before(conn, message_id=message.message_id):
+                return SendError(f"{why}; already sent another way once: not again", retryable=False)
+            template = self.templates.get(message.intent) if template_ok else None
+            if template is not None:
+                return SendError(
+                    f"{why}; sent again as the {message.intent!r} template, never free-form",
+                    retryable=False,
+                    reroute=(CHANNEL, message.address),
+                )
+            contact = (
+                contact_of(conn, message.customer_id, self.policy, intent=message.intent, now=utcnow())
+                if message.customer_id is not None
+                else None
+            )
+        if (
+            contact is not None
+            and contact.channel not in (None, CHANNEL)
+            and contact.channel in self.policy.channels
+            and contact.address
+            and not contact.suppressed
+        ):
+            return SendError(
+                f"{why}; rerouted by the contact policy to {contact.channel} ({contact.rerouted})",
+                retryable=False,
+                reroute=(contact.channel, contact.address),
+            )
+        return SendError(f"{why}; no other channel may take it (contact policy)", retryable=False)
 
     def _template(self, template: Template, message: Outgoing, name: str | None) -> dict[str, str]:
         variables = template.render(name=name, text=message.text, company=self.company)
@@ -159,7 +208,11 @@ class WhatsAppSender(TwilioSender):
         key = hashlib.sha256(json.dumps(actions).encode()).hexdigest()[:32]
         with self._buttons_lock:
             known = self._buttons.get(key)
+        if known is None:
+            known = self._stored_content(key)
         if known is not None:
+            with self._buttons_lock:
+                self._buttons[key] = known
             return known
         request = ContentList.ContentCreateRequest(
             {
@@ -174,9 +227,31 @@ class WhatsAppSender(TwilioSender):
         except (TwilioRestException, OSError) as exc:
             log.warning("WhatsApp buttons could not be made (%s): sent as numbered text", exc)
             return None
-        sid = str(created.sid)
+        sid = self._keep_content(key, str(created.sid))
         with self._buttons_lock:
             self._buttons[key] = sid
+        return sid
+
+    def _stored_content(self, key: str) -> str | None:
+        """The Content SID kept in the database for ``key`` (made before a restart, or by
+        another worker); None when there is none or the database cannot say."""
+        try:
+            with self.db.connect() as conn:
+                return store.content_sid(conn, key=key)
+        except SQLAlchemyError as exc:
+            log.warning("could not read the kept WhatsApp buttons: %s", exc)
+            return None
+
+    def _keep_content(self, key: str, sid: str) -> str:
+        """Keep ``sid`` for ``key`` in the database; the one to use (another worker's, if it
+        kept one first)."""
+        try:
+            with self.db.begin() as conn:
+                store.save_content_sid(conn, key=key, sid=sid, now=utcnow())
+        except IntegrityError:
+            return self._stored_content(key) or sid
+        except SQLAlchemyError as exc:
+            log.warning("could not keep the WhatsApp buttons %s: %s", sid, exc)
         return sid
 
     def _create_params(self, message: Outgoing, content: dict[str, str]) -> str:
@@ -192,21 +267,10 @@ class WhatsAppSender(TwilioSender):
         except TwilioRestException as exc:
             if str(exc.code or "") == OUTSIDE_WINDOW:
                 self._window_closed(message)
-                if (
-                    message.marketing
-                    and "content_variables" not in content
-                    and self.templates.get(message.intent)
-                ):
-                    # Our window was wrong: try again, as the template now that it is closed.
-                    raise SendError(
-                        f"Twilio error 63016: outside the 24-hour WhatsApp session window; sent again "
-                        f"as the {message.intent!r} template, never free-form ({exc.msg})",
-                        retryable=True,
-                    ) from None
-                raise SendError(
-                    f"Twilio error 63016: outside the customer's 24-hour WhatsApp session window; a "
-                    f"free-form message cannot go (only a template), not retried ({exc.msg})",
-                    retryable=False,
+                raise self.refusal(
+                    message,
+                    f"Twilio error 63016: outside the customer's 24-hour WhatsApp session window ({exc.msg})",
+                    template_ok=content.get("content_sid") not in self.templates.sids(),
                 ) from None
             raise self._error(exc) from None
         except OSError as exc:
@@ -261,13 +325,15 @@ class WhatsAppService(SmsService):
 
     name = CHANNEL
     prefix = "/whatsapp"
+    label = "WhatsApp"
 
     def _make_sender(self, limiter: SharedLimiter) -> TwilioSender:
         settings = self.runtime.settings
-        return WhatsAppSender(
+        self._whatsapp = WhatsAppSender(
             self.client,
             self.runtime.db,
             settings.whatsapp_templates_config(),
+            policy=self.runtime.policy,
             company=settings.company_name,
             from_number=settings.twilio_whatsapp_from,
             messaging_service_sid=settings.twilio_whatsapp_messaging_service_sid,
@@ -275,6 +341,7 @@ class WhatsAppService(SmsService):
             limiter=limiter,
             rate_per_second=settings.whatsapp_rate_per_second,
         )
+        return self._whatsapp
 
     async def start(self, *, receive: bool = True) -> None:
         if receive:
@@ -284,19 +351,56 @@ class WhatsAppService(SmsService):
             )
 
     async def _reported(self, report: StatusReport, form: Mapping[str, str]) -> None:
-        """Twilio's 63016 in a status callback: the customer's window is closed (the message is
-        recorded failed with the reason by the status itself; it is never sent again free-form)."""
+        """Twilio's 63016 in a status callback: the customer's window is closed, and the failed
+        message is decided as when Twilio refuses the send itself (:meth:`WhatsAppSender.refusal`):
+        marketing goes again as its template or where the contact policy moves it, once; else it
+        stays failed with the reason."""
         if form.get("ErrorCode") != OUTSIDE_WINDOW:
             return
-
-        def close() -> None:
-            with self.runtime.db.begin() as conn:
-                store.close_session(conn, provider_id=report.provider_id)
-
         try:
-            await asyncio.to_thread(close)
+            await asyncio.to_thread(self._outside_window, report.provider_id)
         except SQLAlchemyError as exc:
-            log.warning("could not record the closed WhatsApp window for %s: %s", report.provider_id, exc)
+            log.warning("could not handle WhatsApp's 63016 for %s: %s", report.provider_id, exc)
+
+    def _outside_window(self, provider_id: str) -> None:
+        db = self.runtime.db
+        with db.begin() as conn:
+            store.close_session(conn, provider_id=provider_id)
+            refused = store.reported(conn, provider_id=provider_id)
+        if refused is None:
+            return
+        message = Outgoing(
+            refused.message_id,
+            CHANNEL,
+            refused.address,
+            refused.text,
+            (),
+            refused.attempts,
+            marketing=refused.marketing,
+            intent=refused.intent,
+            customer_id=refused.customer_id,
+        )
+        error = self._whatsapp.refusal(
+            message,
+            "Twilio error 63016 (status callback): outside the customer's 24-hour WhatsApp session window",
+            template_ok=True,  # an approved template is never refused for the window
+        )
+        with db.begin() as conn:
+            if error.reroute is None:
+                store.explain_failure(conn, message_id=refused.message_id, reason=error.reason)
+                return
+            channel, address = error.reroute
+            queued = store.requeue_reported(
+                conn,
+                message_id=refused.message_id,
+                provider_id=provider_id,
+                channel=channel,
+                address=address,
+                reason=error.reason,
+                now=utcnow(),
+            )
+        if queued:
+            log.info("WhatsApp message %d refused with 63016: %s", refused.message_id, error.reason)
 
 
 def build_whatsapp_service(runtime: Runtime) -> WhatsAppService | None:

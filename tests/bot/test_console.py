@@ -506,6 +506,15 @@ def test_customer_page_profile_provenance_chart_and_fit(console: Console) -> Non
     assert "<svg" in html and html.count('class="bar') == 3 and html.count('class="bar over"') == 1
     assert 'class="allowance"' in html
     assert "Plan fit" in html and "Small" in html
+    assert "WhatsApp opt-in: no" in html and "WhatsApp session: none open" in html
+    with console.db.begin() as conn:
+        conn.execute(
+            update(CUSTOMER)
+            .where(CUSTOMER.c.id == customer_id)
+            .values(whatsapp_opt_in_at=datetime(2026, 3, 1, 9, 30, tzinfo=UTC))
+        )
+    html = console.client.get(f"/console/customers/{customer_id}").text
+    assert "WhatsApp opt-in: <strong>yes</strong>, given 2026-03-01 09:30" in html
     assert console.client.get("/console/customers/999999").status_code == 404
 
 

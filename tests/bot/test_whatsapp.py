@@ -3,6 +3,7 @@ local stand-in, webhooks signed with twilio's RequestValidator, on SQLite and Po
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,15 +12,17 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import Engine, insert, select, update
 
+from bot.channels.whatsapp import WhatsAppService
 from bot.settings import Settings
 from bot.whatsapp_templates import TemplateError, load_templates
 from dialogs import texts
-from dialogs.engine import DialogEngine
+from dialogs.engine import DialogEngine, ReplyOption
 from schedulers.audience import contact_of, pick_channel
+from schedulers.delivery import Outgoing
 from schedulers.nudges import NudgeConfig, nudge
 from schedulers.policy import PolicyConfig, Skip, decide, whatsapp_refusal
 from storage.models import DeliveryStatus, Direction, utcnow
-from storage.outreach_models import OUTREACH_EVENT
+from storage.outreach_models import DELIVERY_ATTEMPT, OUTREACH_EVENT, WHATSAPP_CONTENT
 from storage.tables import CUSTOMER, IDENTITY, MESSAGE
 from tests.twilio_standin import CUSTOMER_PHONE, WHATSAPP_FROM, Sent, SmsApp, serve_sms_app
 from tests.utils import Texter
@@ -70,6 +73,35 @@ def _queue(app: SmsApp, text: str, *, marketing: bool, intent: str = "suggestion
                     intent=intent,
                     status=DeliveryStatus.QUEUED,
                     marketing=marketing,
+                    created_at=utcnow(),
+                    needs_review=False,
+                )
+                .returning(MESSAGE.c.id)
+            ).scalar_one()
+        )
+
+
+def _queue_for(app: SmsApp, text: str, *, intent: str) -> int:
+    """Queue marketing on WhatsApp for the customer whose WhatsApp address is ours (any phone)."""
+    with app.runtime.db.begin() as conn:
+        customer_id = conn.execute(
+            select(IDENTITY.c.customer_id).where(
+                IDENTITY.c.channel == "whatsapp", IDENTITY.c.address == CUSTOMER_PHONE
+            )
+        ).scalar_one()
+        conn.execute(update(CUSTOMER).where(CUSTOMER.c.id == customer_id).values(marketing_consent=True))
+        return int(
+            conn.execute(
+                insert(MESSAGE)
+                .values(
+                    customer_id=customer_id,
+                    channel="whatsapp",
+                    direction=Direction.OUT,
+                    address=CUSTOMER_PHONE,
+                    text=text,
+                    intent=intent,
+                    status=DeliveryStatus.QUEUED,
+                    marketing=True,
                     created_at=utcnow(),
                     needs_review=False,
                 )
@@ -181,10 +213,18 @@ def test_outside_the_window_marketing_goes_as_the_configured_template(db_url: st
             "2": "Plan S saves you $12 a month. Switch? YES or NO",
         }
         app.wait_until(lambda: app.rows(MESSAGE.c.id == message_id)[0].status == "delivered")
-        # A nudge has no template: not sent on WhatsApp, nothing free-form reaches Twilio.
+        # A nudge has no template: not sent on WhatsApp, nothing free-form reaches Twilio; the
+        # contact policy moves it to SMS, the reason recorded.
+        sms_before = len(app.standin.to(CUSTOMER_PHONE))
         nudge_id = _queue(app, "Still there? When is a good time?", marketing=True, intent="nudge")
-        app.wait_until(lambda: app.rows(MESSAGE.c.id == nudge_id)[0].status == "failed")
-        assert "whatsapp_window_closed_no_template" in app.rows(MESSAGE.c.id == nudge_id)[0].error
+        assert app.standin.wait_for(CUSTOMER_PHONE, sms_before + 1)[-1] == "Still there? When is a good time?"
+        app.wait_until(lambda: app.rows(MESSAGE.c.id == nudge_id)[0].status == "delivered")
+        (nudge_row,) = app.rows(MESSAGE.c.id == nudge_id)
+        assert (nudge_row.channel, nudge_row.address) == ("sms", CUSTOMER_PHONE)
+        assert _attempts(app, nudge_id)[0][0] == "rerouted"
+        assert "whatsapp_window_closed_no_template" in _attempts(app, nudge_id)[0][1]
+        assert "rerouted by the contact policy to sms" in _attempts(app, nudge_id)[0][1]
+        assert [a[0] for a in _attempts(app, nudge_id)] == ["rerouted", "sent"]
         assert len(app.standin.whatsapp(CUSTOMER_PHONE)) == sent_before + 1
 
 
@@ -230,9 +270,14 @@ def test_no_opt_in_no_business_initiated_whatsapp(db_url: str) -> None:
         with app.runtime.db.connect() as conn:
             contact = contact_of(conn, customer.id, app.runtime.policy, intent="suggestion")  # type: ignore[attr-defined]
         assert (contact.channel, contact.rerouted) == ("sms", Skip.WHATSAPP_NO_OPT_IN)
+        # Queued on WhatsApp all the same (say, before the rule): SMS takes it at send time.
         message_id = _queue(app, "A better plan!", marketing=True)
-        app.wait_until(lambda: app.rows(MESSAGE.c.id == message_id)[0].status == "failed")
-        assert "no WhatsApp opt-in" in app.rows(MESSAGE.c.id == message_id)[0].error
+        app.wait_until(lambda: app.rows(MESSAGE.c.id == message_id)[0].status == "delivered")
+        assert app.rows(MESSAGE.c.id == message_id)[0].channel == "sms"
+        assert "A better plan!" in app.standin.to(CUSTOMER_PHONE)
+        ((outcome, reason), _) = _attempts(app, message_id)
+        assert outcome == "rerouted" and "no WhatsApp opt-in" in reason
+        assert app.standin.whatsapp(CUSTOMER_PHONE)[-1].body != "A better plan!"
 
 
 @pytest.mark.parametrize("how", ["api", "callback"])
@@ -349,21 +394,81 @@ def test_whatsapp_refusal_rules() -> None:
     )
 
 
-def test_marketing_refused_with_63016_goes_again_as_its_template_never_free_form(
-    db_url: str, tmp_path: Path
+def _attempts(app: SmsApp, message_id: int) -> list[tuple[str, str]]:
+    """(outcome, error) of each delivery attempt of the message, in order."""
+    with app.runtime.db.connect() as conn:
+        rows = conn.execute(
+            select(DELIVERY_ATTEMPT.c.outcome, DELIVERY_ATTEMPT.c.error)
+            .where(DELIVERY_ATTEMPT.c.message_id == message_id)
+            .order_by(DELIVERY_ATTEMPT.c.id)
+        ).all()
+    return [(outcome, error or "") for outcome, error in rows]
+
+
+@pytest.mark.parametrize("how", ["api", "callback"])
+def test_marketing_refused_with_63016_goes_again_as_its_template_exactly_once(
+    db_url: str, tmp_path: Path, how: str
 ) -> None:
     with serve_sms_app(db_url, whatsapp=True, whatsapp_templates=_templates(tmp_path)) as app:
+        app.standin.window_error = how
         _choose_whatsapp(app)
+        app.wait_until(lambda: all(r.status == "delivered" for r in _out(app)))  # type: ignore[attr-defined]
         # Twilio's view: the customer last wrote a day ago (ours still says the window is open).
         app.standin.open_session(CUSTOMER_PHONE, at=utcnow().timestamp() - 25 * 3600)
         before = len(app.standin.whatsapp(CUSTOMER_PHONE))
         message_id = _queue(app, "Plan S saves you $12 a month.", marketing=True)
         app.wait_until(lambda: app.rows(MESSAGE.c.id == message_id)[0].status == "delivered")
         (row,) = app.rows(MESSAGE.c.id == message_id)
-        assert row.attempts == 2
+        assert row.attempts == 2 and row.channel == "whatsapp"
         sent = app.standin.whatsapp(CUSTOMER_PHONE)[before:]
-        assert [s.content_sid for s in sent] == [SUGGESTION_SID]
+        # "api": Twilio refused the free-form send; "callback": it took it, then reported 63016.
+        refused = [None] if how == "callback" else []
+        assert [s.content_sid for s in sent] == [*refused, SUGGESTION_SID]
+        assert row.provider_message_id == sent[-1].sid
+        attempts = _attempts(app, message_id)
+        assert [a[0] for a in attempts] == ([*(["sent"] if how == "callback" else []), "rerouted", "sent"])
+        assert "63016" in attempts[-2][1] and "as the 'suggestion' template" in attempts[-2][1]
         assert _customer(app).whatsapp_session_at is None  # type: ignore[attr-defined]
+        if how == "callback":  # Twilio posts the failure again: nothing more goes
+            again = {"MessageSid": sent[0].sid, "MessageStatus": "failed", "ErrorCode": "63016", "To": WA}
+            requests = app.standin.requests
+            assert app.post("/whatsapp/status", again).status_code == 204
+            app.wait_until(lambda: app.rows(MESSAGE.c.id == message_id)[0].status == "delivered")
+            assert app.standin.requests == requests
+            assert [a[0] for a in _attempts(app, message_id)].count("rerouted") == 1
+
+
+def test_marketing_refused_with_63016_by_callback_without_a_template_goes_by_sms(db_url: str) -> None:
+    with serve_sms_app(db_url, whatsapp=True) as app:
+        app.standin.window_error = "callback"
+        _choose_whatsapp(app)
+        app.wait_until(lambda: all(r.status == "delivered" for r in _out(app)))  # type: ignore[attr-defined]
+        app.standin.open_session(CUSTOMER_PHONE, at=utcnow().timestamp() - 25 * 3600)
+        sms_before = len(app.standin.to(CUSTOMER_PHONE))
+        message_id = _queue(app, "Still there?", marketing=True, intent="nudge")
+        assert app.standin.wait_for(CUSTOMER_PHONE, sms_before + 1)[-1] == "Still there?"
+        app.wait_until(lambda: app.rows(MESSAGE.c.id == message_id)[0].status == "delivered")
+        (row,) = app.rows(MESSAGE.c.id == message_id)
+        assert row.channel == "sms"
+        outcomes = _attempts(app, message_id)
+        assert [a[0] for a in outcomes] == ["sent", "rerouted", "sent"]
+        assert "63016" in outcomes[1][1] and "rerouted by the contact policy to sms" in outcomes[1][1]
+
+
+def test_window_closed_no_template_and_no_other_channel_fails_with_the_reason(db_url: str) -> None:
+    with serve_sms_app(db_url, whatsapp=True) as app:
+        _choose_whatsapp(app)
+        _age_session(app, 25)
+        with app.runtime.db.begin() as conn:  # no phone on file: SMS cannot take it
+            conn.execute(update(CUSTOMER).where(CUSTOMER.c.phone == CUSTOMER_PHONE).values(phone=None))
+        sms_before, wa_before = len(app.standin.to(CUSTOMER_PHONE)), len(app.standin.whatsapp(CUSTOMER_PHONE))
+        message_id = _queue_for(app, "Still there?", intent="nudge")
+        app.wait_until(lambda: app.rows(MESSAGE.c.id == message_id)[0].status == "failed")
+        (row,) = app.rows(MESSAGE.c.id == message_id)
+        assert row.channel == "whatsapp"
+        assert "whatsapp_window_closed_no_template" in row.error and "no other channel" in row.error
+        assert len(app.standin.to(CUSTOMER_PHONE)) == sms_before
+        assert len(app.standin.whatsapp(CUSTOMER_PHONE)) == wa_before
 
 
 def test_bad_whatsapp_webhooks_get_a_clear_4xx_and_nothing_is_stored(db_url: str) -> None:
@@ -381,3 +486,42 @@ def test_bad_whatsapp_webhooks_get_a_clear_4xx_and_nothing_is_stored(db_url: str
         assert app.post("/whatsapp/status", read).status_code == 204
         assert app.post("/whatsapp/status", {**read, "MessageStatus": "r\x00"}).status_code == 400
         assert _out(app)[0].status == "delivered"  # type: ignore[attr-defined]
+
+
+def test_whatsapp_webhook_log_lines_say_whatsapp(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    with serve_sms_app(db_url, whatsapp=True) as app:
+        form = {"MessageSid": "SMlog1", "From": WA, "To": f"whatsapp:{WHATSAPP_FROM}", "Body": "hi"}
+        with caplog.at_level("WARNING", logger="bot.channels.sms"):
+            assert app.post("/whatsapp/inbound", form, signature="forged").status_code == 403
+            assert app.post("/whatsapp/inbound", {**form, "From": "whatsapp:nope"}).status_code == 400
+            assert app.post("/sms/inbound", {**form, "From": "whatsapp:nope"}).status_code == 400
+            assert app.post("/whatsapp/status", {"MessageSid": "SMx", "To": WA}).status_code == 400
+            assert app.post("/sms/inbound", {**form, "From": "nope", "To": "+15005550006"}).status_code == 400
+        lines = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+        assert len(lines) == 5, lines
+        assert all(line.startswith("WhatsApp webhook ") for line in lines[:4]), lines
+        assert lines[4].startswith("SMS webhook /sms/inbound rejected with 400"), lines
+
+
+def test_quick_reply_content_is_made_once_and_kept_across_a_restart(db_url: str) -> None:
+    with serve_sms_app(db_url, whatsapp=True) as app:
+        app.whatsapp("hi", sid="SMq1")
+        _replies(app)
+        message_id = _queue(app, "Contract or not?", marketing=False, intent="operator")
+        app.wait_until(lambda: app.rows(MESSAGE.c.id == message_id)[0].status == "delivered")
+        options = (ReplyOption("contract", "Contract"), ReplyOption("month_to_month", "Monthly"))
+        first = WhatsAppService(app.runtime)  # one process, then another after a restart
+        outgoing = Outgoing(message_id, "whatsapp", CUSTOMER_PHONE, "Contract or not?", options, 1)
+        before = len(app.standin.contents)
+        asyncio.run(first.sender.send(outgoing))
+        assert len(app.standin.contents) == before + 1
+        with app.runtime.db.connect() as conn:
+            (kept,) = conn.execute(select(WHATSAPP_CONTENT.c.content_sid)).scalars().all()
+        restarted = WhatsAppService(app.runtime)
+        asyncio.run(restarted.sender.send(outgoing))
+        assert len(app.standin.contents) == before + 1  # not made again
+        sent = app.standin.whatsapp(CUSTOMER_PHONE)[-2:]
+        assert [s.content_sid for s in sent] == [kept, kept]
+        assert [b for _, b in sent[-1].buttons] == ["contract", "month_to_month"]
+        for service in (first, restarted):
+            asyncio.run(service.stop())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -483,3 +484,54 @@ def test_cli_fatal_errors_exit_2_with_the_problem_and_what_to_do(cli: typer.Type
     catalog = runner.invoke(cli, ["plans", "load", "bad.toml"])
     assert catalog.exit_code == 2
     assert 'bad.toml: plan "x": monthly_price: must not be negative, got -5' in catalog.stderr
+
+
+def _opt_ins(db: Engine) -> dict[str, object]:
+    with db.connect() as conn:
+        return dict(conn.execute(select(CUSTOMER.c.external_id, CUSTOMER.c.whatsapp_opt_in_at)).all())
+
+
+def test_whatsapp_opt_in_is_imported_with_when_it_was_given(shop: Engine, tmp_path: Path) -> None:
+    now = datetime(2026, 3, 5, 12, 0, tzinfo=UTC)
+    path = write(
+        tmp_path / "book.csv",
+        "external_id,phone,name,current_plan,whatsapp_opt_in\n"
+        "W1,+14155550101,Ann,basic-5,yes\n"
+        "W2,+14155550102,Bob,basic-5,2026-03-01\n"
+        "W3,+14155550103,Cy,basic-5,2026-03-02T09:30:00+01:00\n"
+        "W4,+14155550104,Di,basic-5,no\n"
+        "W5,+14155550105,Ed,basic-5,\n"
+        "W6,+14155550106,Flo,basic-5,maybe\n"
+        "W7,+14155550107,Gus,basic-5,2027-01-01\n",
+    )
+    summary = import_customers(shop, path, default_region="US", now=now)
+    assert (summary.imported, summary.rejected) == (5, 2)
+    assert rejects_of(summary.rejects_path) == [
+        (
+            7,
+            "whatsapp_opt_in 'maybe' is not one of true/false/yes/no/1/0/y/n nor an ISO date or time "
+            "such as 2026-03-01 or 2026-03-01T09:30:00Z (when the customer agreed)",
+            "W6,+14155550106,Flo,basic-5,maybe",
+        ),
+        (8, "whatsapp_opt_in '2027-01-01' is in the future", "W7,+14155550107,Gus,basic-5,2027-01-01"),
+    ]
+    assert _opt_ins(shop) == {
+        "W1": now,
+        "W2": datetime(2026, 3, 1, tzinfo=UTC),
+        "W3": datetime(2026, 3, 2, 8, 30, tzinfo=UTC),
+        "W4": None,
+        "W5": None,
+    }
+    # Again a week later: an opt-in keeps its first time; "no" withdraws it; absent: as stored.
+    write(
+        path,
+        "external_id,phone,name,current_plan,whatsapp_opt_in\n"
+        "W1,+14155550101,Ann,basic-5,yes\nW2,+14155550102,Bob,basic-5,no\nW4,+14155550104,Di,basic-5,1\n",
+    )
+    later = now + timedelta(days=7)
+    assert import_customers(shop, path, default_region="US", now=later).imported == 3
+    write(path, CUSTOMERS_HEADER + "W3,+14155550103,Cy,basic-5\n")
+    assert import_customers(shop, path, default_region="US", now=later).imported == 1
+    opt_ins = _opt_ins(shop)
+    assert (opt_ins["W1"], opt_ins["W2"], opt_ins["W4"]) == (now, None, later)
+    assert opt_ins["W3"] == datetime(2026, 3, 2, 8, 30, tzinfo=UTC)
