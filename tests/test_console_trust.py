@@ -330,3 +330,22 @@ def test_text_search_finds_words_by_their_beginning(console: Console) -> None:
     assert "evenings are best" not in page  # every word is required
     for nasty in ("a & | ! : * ' ( )", "' OR 1=1 --", '"*', "_", ":*", "&"):
         assert console.client.get("/console/conversations", params={"q": nasty}).status_code == 200, nasty
+
+
+def test_the_plan_fit_speaks_to_the_operator_with_names_and_currency(
+    staff: Console, book: dict[str, int]
+) -> None:
+    page = html.unescape(staff.client.get(f"/console/customers/{book['dana']}").text)
+    fit = page[page.index("<h2>Plan fit</h2>") : page.index("<h2>Suggestions and answers</h2>")]
+    assert "Would save $20.00/month ($240.00/year) by moving to Basic 5 GB." in fit
+    assert "Plus 20 GB (plus-20) · $" in fit and "Basic 5 GB (basic-5) · $" in fit
+    assert "Reply YES" not in fit and "you used" not in fit.lower()
+    gus = html.unescape(staff.client.get(f"/console/customers/{book['gus']}").text)
+    fit = gus[gus.index("<h2>Plan fit</h2>") : gus.index("<h2>Suggestions and answers</h2>")]
+    assert "Reply" not in fit and "unlimited" in fit.lower()
+
+
+def test_usage_charts_have_human_names(staff: Console, book: dict[str, int]) -> None:
+    page = staff.client.get(f"/console/customers/{book['dana']}").text
+    assert "<h2>Mobile data (GB) per month</h2>" in page
+    assert "<h2>data_gb</h2>" not in page
