@@ -349,3 +349,32 @@ def test_usage_charts_have_human_names(staff: Console, book: dict[str, int]) -> 
     page = staff.client.get(f"/console/customers/{book['dana']}").text
     assert "<h2>Mobile data (GB) per month</h2>" in page
     assert "<h2>data_gb</h2>" not in page
+
+
+def test_the_conversations_page_has_one_row_per_conversation(console: Console) -> None:
+    ana = say(console.runtime, "+14155550501", "hi", "evenings", "text me", "thanks")
+    ben = say(console.runtime, "+14155550502", "hi")
+    login(console.client, "op@example.com")
+    page = console.client.get("/console/conversations").text
+    with console.db.connect() as conn:
+        rows = {
+            r.customer_id: r
+            for r in conn.execute(
+                select(MESSAGE.c.customer_id, func.count(), func.max(MESSAGE.c.id)).group_by(
+                    MESSAGE.c.customer_id
+                )
+            )
+        }
+        ana_customer = conn.execute(select(MESSAGE.c.customer_id).where(MESSAGE.c.id == ana[0])).scalar_one()
+        ben_customer = conn.execute(select(MESSAGE.c.customer_id).where(MESSAGE.c.id == ben[0])).scalar_one()
+    assert re.findall(r'<tr id="c(\d+)">', page) == [str(ben_customer), str(ana_customer)]  # newest first
+    shown = counts(page, "count")
+    assert shown == {str(ana_customer): rows[ana_customer][1], str(ben_customer): rows[ben_customer][1]}
+    assert shown[str(ana_customer)] > 4  # the bot's replies count too
+    # The text search counts the matching messages of each conversation.
+    found = console.client.get("/console/conversations", params={"q": "even"}).text
+    matching = console.client.get("/console/conversations", params={"q": "even", "view": "messages"}).text
+    assert counts(found, "count") == {str(ana_customer): len(re.findall(r'<tr id="m\d+">', matching))}
+    assert "evenings" in found
+    flat = console.client.get("/console/conversations", params={"view": "messages"}).text
+    assert len(re.findall(r'<tr id="m\d+">', flat)) == sum(r[1] for r in rows.values())
