@@ -323,10 +323,12 @@ def test_text_search_finds_words_by_their_beginning(console: Console) -> None:
     say(console.runtime, "+14155550402", "hi", "mornings please")
     login(console.client, "op@example.com")
     for query in ("evening", "evenings", "EVEN", "even best", "evenings!"):
-        page = console.client.get("/console/conversations", params={"q": query}).text
+        page = console.client.get("/console/conversations", params={"q": query, "view": "messages"}).text
         assert "evenings are best for me" in html.unescape(page), query
         assert "mornings please" not in page, query
-    page = console.client.get("/console/conversations", params={"q": "evening morning"}).text
+    page = console.client.get(
+        "/console/conversations", params={"q": "evening morning", "view": "messages"}
+    ).text
     assert "evenings are best" not in page  # every word is required
     for nasty in ("a & | ! : * ' ( )", "' OR 1=1 --", '"*', "_", ":*", "&"):
         assert console.client.get("/console/conversations", params={"q": nasty}).status_code == 200, nasty
@@ -378,3 +380,26 @@ def test_the_conversations_page_has_one_row_per_conversation(console: Console) -
     assert "evenings" in found
     flat = console.client.get("/console/conversations", params={"view": "messages"}).text
     assert len(re.findall(r'<tr id="m\d+">', flat)) == sum(r[1] for r in rows.values())
+
+
+def test_a_form_with_a_nul_character_is_a_400_not_a_500(console: Console) -> None:
+    page = console.client.get("/console/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token
+    response = console.client.post(
+        "/console/login",
+        data={"email": "op\x00@example.com", "password": "x" * 12, "csrf_token": token.group(1)},
+    )
+    assert response.status_code == 400 and "NUL character" in response.text
+    customer = say(console.runtime, "+14155550601", "hi")[0]
+    login(console.client, "op@example.com")
+    with console.db.connect() as conn:
+        customer_id = conn.execute(select(MESSAGE.c.customer_id).where(MESSAGE.c.id == customer)).scalar_one()
+    token_ = console.csrf()
+    for path, form in [
+        (f"/console/inbox/{customer_id}/note", {"text": "a\x00b"}),
+        (f"/console/inbox/{customer_id}/reply", {"text": "a\x00b"}),
+        ("/console/admin/users", {"email": "x\x00@y.zz", "role": "operator"}),
+    ]:
+        response = console.client.post(path, data={"csrf_token": token_, **form})
+        assert response.status_code == 400, (path, response.status_code)
