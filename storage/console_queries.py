@@ -225,6 +225,33 @@ def search_messages(
     return list(rows)
 
 
+def search_conversations(
+    conn: Connection, f: SearchFilter, *, before: int | None = None, limit: int = PAGE_SIZE
+) -> list[dict[str, Any]]:
+    """One page of conversations (a customer's messages) with a matching message, the one with the
+    newest such message first: each the last matching message's row with ``count``, how many of
+    theirs match. The next page starts ``before`` the last row's id."""
+    last = func.max(MESSAGE.c.id)
+    grouped = (
+        _search_select(conn, f)
+        .with_only_columns(MESSAGE.c.customer_id, func.count().label("n"), last.label("last_id"))
+        .group_by(MESSAGE.c.customer_id)
+    )
+    if before is not None:
+        grouped = grouped.having(last < before)
+    found = conn.execute(grouped.order_by(last.desc()).limit(limit)).all()
+    counts = {int(r.last_id): int(r.n) for r in found}
+    if not counts:
+        return []
+    rows = conn.execute(
+        select(*_ROW_COLUMNS)
+        .select_from(MESSAGE.outerjoin(CUSTOMER, CUSTOMER.c.id == MESSAGE.c.customer_id))
+        .where(MESSAGE.c.id.in_(list(counts)))
+        .order_by(MESSAGE.c.id.desc())
+    ).mappings()
+    return [{**row, "count": counts[row["id"]]} for row in rows]
+
+
 def iter_search(conn: Connection, f: SearchFilter, *, chunk: int = 1000) -> Iterator[RowMapping]:
     """Every matching message, newest first, fetched a chunk at a time (for exports)."""
     before: int | None = None

@@ -9,8 +9,20 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-WIDTH, HEIGHT = 520, 180
-_LEFT, _BOTTOM, _TOP = 48, 28, 12
+# A small drawing scaled to the card: its 15-unit labels show at 12 px or more from 290 px wide.
+WIDTH, HEIGHT = 360, 210
+_LEFT, _BOTTOM, _TOP = 44, 30, 24
+METRIC_NAMES = {
+    "data_gb": "Mobile data",
+    "roaming_data_gb": "Roaming data",
+    "minutes": "Call minutes",
+    "sms": "Texts sent",
+}
+
+
+def metric_name(metric: str) -> str:
+    """A metric as people call it: "Mobile data", not "data_gb"."""
+    return METRIC_NAMES.get(metric, metric.replace("_", " ").capitalize())
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +33,11 @@ class Series:
     unit: str
     points: Sequence[tuple[int, Decimal]]
     allowance: Decimal | None  # None: unlimited or not part of the plan
+
+    @property
+    def title(self) -> str:
+        """The chart's heading: "Mobile data (GB) per month"."""
+        return f"{metric_name(self.metric)} ({self.unit}) per month"
 
 
 def _fmt(value: Decimal) -> str:
@@ -45,7 +62,7 @@ def usage_svg(series: Series) -> Markup:
 
     parts = [
         f'<svg class="chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" '
-        f'xmlns="http://www.w3.org/2000/svg"><title>{escape(series.metric)} per month</title>',
+        f'xmlns="http://www.w3.org/2000/svg"><title>{escape(series.title)}</title>',
         f'<line class="axis" x1="{_LEFT}" y1="{_TOP + plot_h}" x2="{WIDTH - 8}" y2="{_TOP + plot_h}"/>',
         f'<text class="tick" x="{_LEFT - 6}" y="{_TOP + 4}" text-anchor="end">{escape(_fmt(top))}</text>',
         f'<text class="tick" x="{_LEFT - 6}" y="{_TOP + plot_h}" text-anchor="end">0</text>',
@@ -59,16 +76,18 @@ def usage_svg(series: Series) -> Markup:
             f'height="{_TOP + plot_h - y(value):.1f}"><title>{escape(_month(period))}: '
             f"{escape(_fmt(value))} {escape(series.unit)}</title></rect>"
         )
-        parts.append(
-            f'<text class="tick" x="{x + bar / 2:.1f}" y="{HEIGHT - 10}" text-anchor="middle">'
-            f"{escape(_month(period)[2:])}</text>"
-        )
+        every = 1 if len(points) <= 6 else 2 if len(points) <= 12 else 3  # labels never overlap
+        if (len(points) - 1 - i) % every == 0:
+            parts.append(
+                f'<text class="tick" x="{x + bar / 2:.1f}" y="{HEIGHT - 8}" text-anchor="middle">'
+                f"{escape(_month(period)[2:])}</text>"
+            )
     if series.allowance is not None:
         ay = y(series.allowance)
         parts.append(f'<line class="allowance" x1="{_LEFT}" y1="{ay:.1f}" x2="{WIDTH - 8}" y2="{ay:.1f}"/>')
         parts.append(
-            f'<text class="allowance-label" x="{WIDTH - 10}" y="{ay - 4:.1f}" text-anchor="end">'
-            f"allowance {escape(_fmt(series.allowance))} {escape(series.unit)}</text>"
+            f'<text class="allowance-label" x="{WIDTH - 10}" y="{max(ay - 5, 16):.1f}" text-anchor="end">'
+            f"plan allows {escape(_fmt(series.allowance))} {escape(series.unit)}</text>"
         )
     parts.append("</svg>")
     # Every interpolated string above is escaped; the rest is our own markup.

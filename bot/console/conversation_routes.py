@@ -63,11 +63,23 @@ def home(me: Operator) -> Response:
 
 @router.get("/conversations")
 def conversations(
-    request: Request, ctx: ConsoleDep, me: Operator, f: Filter, before: int | None = None
+    request: Request,
+    ctx: ConsoleDep,
+    me: Operator,
+    f: Filter,
+    before: int | None = None,
+    view: Annotated[str, Query(max_length=16)] = "",
 ) -> Response:
+    """Conversations with a matching message (customer, last message, how many), newest first;
+    ``view=messages``: every matching message."""
+    flat = view == "messages"
     with ctx.db.connect() as conn:
-        rows = q.search_messages(conn, f, before=before)
-    params = f.as_params()
+        rows = (
+            q.search_messages(conn, f, before=before)
+            if flat
+            else q.search_conversations(conn, f, before=before)
+        )
+    params = {**f.as_params(), **({"view": "messages"} if flat else {})}
     next_page = None
     if len(rows) == q.PAGE_SIZE:
         next_page = "?" + urlencode({**params, "before": rows[-1]["id"]})
@@ -79,7 +91,10 @@ def conversations(
         channels=CHANNELS,
         deliveries=DELIVERY,
         next_page=next_page,
-        export_query=urlencode(params),
+        export_query=urlencode(f.as_params()),
+        page_query=urlencode(params),
+        flat=flat,
+        view_query=urlencode({**f.as_params(), **({} if flat else {"view": "messages"})}),
         paged=before is not None,
     )
 

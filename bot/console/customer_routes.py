@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 from bot.console import charts
 from bot.console.deps import ConsoleDep, Operator, describe, render
 from bot.console.exports import export
-from dialogs.advisor import explain, no_offer_reason
+from bot.console.fit_text import fit_text
 from storage import console_queries as q
 from storage.types import Direction
 
@@ -92,12 +92,6 @@ def customer(request: Request, ctx: ConsoleDep, me: Operator, customer_id: int) 
         switches = q.switch_requests(conn, customer_id=customer_id)
         declines = q.plan_declines(conn, customer_id=customer_id)
         suggestions = q.suggestions(conn, customer_id=customer_id)
-    if advice is None:
-        fit_text = "There is no plan catalog yet (rapport plans import), so no plan fit."
-    elif advice.offer and advice.best is not None:
-        fit_text = explain(advice)
-    else:
-        fit_text = no_offer_reason(advice)
     return render(
         request,
         "customer.html",
@@ -106,7 +100,7 @@ def customer(request: Request, ctx: ConsoleDep, me: Operator, customer_id: int) 
         plan=plan,
         charts=[(s, charts.usage_svg(s)) for s in series],
         advice=advice,
-        fit_text=fit_text,
+        fit=fit_text(advice),
         switches=switches,
         declines=declines,
         suggestions=suggestions,

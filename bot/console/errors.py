@@ -40,6 +40,19 @@ def check_ids(request: Request) -> None:
         raise HTTPException(404, "no such page: that position does not exist")
 
 
+async def check_form(request: Request) -> None:
+    """A router dependency: a posted form with a NUL character is refused (400) before anything
+    reads it (PostgreSQL cannot store one, and no person types one). The parsed form is cached on
+    the request, so the route reads the same one."""
+    if request.method != "POST" or not request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        return
+    form = await request.form()
+    if any(isinstance(v, str) and "\x00" in v for v in form.values()):
+        raise HTTPException(400, "the form holds a NUL character: remove it and send it again")
+
+
 def _in_console(request: Request) -> bool:
     path = request.url.path
     return path == PREFIX or path.startswith(PREFIX + "/")

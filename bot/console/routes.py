@@ -31,7 +31,7 @@ from bot.console.deps import (
     require,
     require_post,
 )
-from bot.console.errors import check_ids
+from bot.console.errors import check_form, check_ids
 from bot.console.inbox_routes import inbox_router
 from bot.console.teach_routes import teach_router
 from bot.runtime import Runtime
@@ -44,7 +44,9 @@ def console_router(runtime: Runtime, config: ConsoleConfig | None = None) -> API
     """The console's routes, served under ``/console`` (see :func:`bot.console.mount_console`)."""
     console = Console.from_runtime(runtime, config)
     router = APIRouter(
-        prefix=PREFIX, include_in_schema=False, dependencies=[Depends(console.attach), Depends(check_ids)]
+        prefix=PREFIX,
+        include_in_schema=False,
+        dependencies=[Depends(console.attach), Depends(check_ids), Depends(check_form)],
     )
     # "/console" itself: an included router cannot have a route with an empty path.
     router.add_api_route("", conversation_routes.home, methods=["GET"])

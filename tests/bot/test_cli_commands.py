@@ -26,7 +26,7 @@ COMMANDS = {
     "telegram": {"link-code"},
     "outreach": {"scan"},
     "switches": {"export", "deliver"},
-    "users": {"add"},
+    "users": {"add", "list", "unlock", "reset", "role", "disable", "enable"},
     "teach": {"queue", "list", "add", "undo"},
     "dashboard": {"rollup"},
 }

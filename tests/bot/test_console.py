@@ -319,22 +319,31 @@ def test_search_by_text_customer_channel_date_and_review(console: Console) -> No
     ids = seed_conversations(console.runtime, console.db)
     login(console.client, "op@example.com")
     get = console.client.get
-    assert ids["ben"] in listed_ids(get("/console/conversations", params={"q": "elephants"}).text)
-    assert listed_ids(get("/console/conversations", params={"q": "elephants"}).text) == {ids["ben"]}
-    by_name = listed_ids(get("/console/conversations", params={"who": "ana alv"}).text)
+    assert ids["ben"] in listed_ids(
+        get("/console/conversations", params={"view": "messages", "q": "elephants"}).text
+    )
+    assert listed_ids(get("/console/conversations", params={"view": "messages", "q": "elephants"}).text) == {
+        ids["ben"]
+    }
+    by_name = listed_ids(get("/console/conversations", params={"view": "messages", "who": "ana alv"}).text)
     assert ids["ana"] in by_name and ids["ben"] not in by_name
-    by_phone = listed_ids(get("/console/conversations", params={"who": "555-0122"}).text)
+    by_phone = listed_ids(get("/console/conversations", params={"view": "messages", "who": "555-0122"}).text)
     assert ids["ben"] in by_phone and ids["ana"] not in by_phone
-    tg = listed_ids(get("/console/conversations", params={"channel": "telegram"}).text)
+    tg = listed_ids(get("/console/conversations", params={"view": "messages", "channel": "telegram"}).text)
     assert ids["cat"] in tg and ids["ana"] not in tg and ids["ben"] not in tg
     day1 = listed_ids(
-        get("/console/conversations", params={"since": "2026-03-01", "until": "2026-03-01"}).text
+        get(
+            "/console/conversations",
+            params={"view": "messages", "since": "2026-03-01", "until": "2026-03-01"},
+        ).text
     )
     assert ids["ana"] in day1 and ids["ben"] not in day1
-    review = listed_ids(get("/console/conversations", params={"review": "1"}).text)
+    review = listed_ids(get("/console/conversations", params={"view": "messages", "review": "1"}).text)
     assert ids["ben"] in review and ids["ana"] not in review
     combined = listed_ids(
-        get("/console/conversations", params={"q": "elephants", "channel": "telegram"}).text
+        get(
+            "/console/conversations", params={"view": "messages", "q": "elephants", "channel": "telegram"}
+        ).text
     )
     assert combined == set()
 
@@ -354,10 +363,18 @@ def test_text_search_leaves_out_broadcasts_which_the_other_filters_still_show(co
         ).scalar_one()  # fmt: skip
     login(console.client, "op@example.com")
     get = console.client.get
-    assert listed_ids(get("/console/conversations", params={"q": "purple elephants"}).text) == {ids["ben"]}
-    assert listed_ids(get("/console/conversations", params={"q": "ride free"}).text) == set()
-    assert offer in listed_ids(get("/console/conversations", params={"who": "ana alv"}).text)
-    assert offer in listed_ids(get("/console/conversations", params={"since": "2026-03-05"}).text)
+    assert listed_ids(
+        get("/console/conversations", params={"view": "messages", "q": "purple elephants"}).text
+    ) == {ids["ben"]}
+    assert (
+        listed_ids(get("/console/conversations", params={"view": "messages", "q": "ride free"}).text) == set()
+    )
+    assert offer in listed_ids(
+        get("/console/conversations", params={"view": "messages", "who": "ana alv"}).text
+    )
+    assert offer in listed_ids(
+        get("/console/conversations", params={"view": "messages", "since": "2026-03-05"}).text
+    )
 
 
 @pytest.mark.parametrize(
@@ -367,7 +384,7 @@ def test_text_search_leaves_out_broadcasts_which_the_other_filters_still_show(co
 def test_search_text_with_query_syntax_is_taken_literally(console: Console, query: str) -> None:
     ids = seed_conversations(console.runtime, console.db)
     login(console.client, "op@example.com")
-    response = console.client.get("/console/conversations", params={"q": query})
+    response = console.client.get("/console/conversations", params={"view": "messages", "q": query})
     assert response.status_code == 200
     if query in ('"NEAR" *',):
         assert ids["cat"] in listed_ids(response.text)
@@ -387,7 +404,7 @@ def test_search_pages_by_message_id(console: Console) -> None:
     assert len(first) == 50 and len(second) == 10
     assert [r["id"] for r in first + second] == sorted((r["id"] for r in first + second), reverse=True)
     login(console.client, "op@example.com")
-    page = console.client.get("/console/conversations", params={"q": "hello"})
+    page = console.client.get("/console/conversations", params={"view": "messages", "q": "hello"})
     assert f"before={first[-1]['id']}" in page.text
 
 
@@ -452,7 +469,9 @@ def test_transcript_lists_delivery_attempts_and_search_finds_unknown_sends(conso
     assert "delivery attempts" in html
     assert "retry (&lt;b&gt;503&lt;/b&gt; from Twilio)" in html and "<b>503" not in html
     assert f"sent · SM{reply:06d}" in html and "unknown (ConnectionResetError" in html
-    found = console.client.get("/console/conversations", params={"delivery": "unknown"}).text
+    found = console.client.get(
+        "/console/conversations", params={"view": "messages", "delivery": "unknown"}
+    ).text
     assert f'id="m{offer}"' in found and f'id="m{reply}"' not in found
     assert '<option value="unknown" selected>' in found
 

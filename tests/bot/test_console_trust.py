@@ -324,10 +324,83 @@ def test_text_search_finds_words_by_their_beginning(console: Console) -> None:
     say(console.runtime, "+14155550402", "hi", "mornings please")
     login(console.client, "op@example.com")
     for query in ("evening", "evenings", "EVEN", "even best", "evenings!"):
-        page = console.client.get("/console/conversations", params={"q": query}).text
+        page = console.client.get("/console/conversations", params={"q": query, "view": "messages"}).text
         assert "evenings are best for me" in html.unescape(page), query
         assert "mornings please" not in page, query
-    page = console.client.get("/console/conversations", params={"q": "evening morning"}).text
+    page = console.client.get(
+        "/console/conversations", params={"q": "evening morning", "view": "messages"}
+    ).text
     assert "evenings are best" not in page  # every word is required
     for nasty in ("a & | ! : * ' ( )", "' OR 1=1 --", '"*', "_", ":*", "&"):
         assert console.client.get("/console/conversations", params={"q": nasty}).status_code == 200, nasty
+
+
+def test_the_plan_fit_speaks_to_the_operator_with_names_and_currency(
+    staff: Console, book: dict[str, int]
+) -> None:
+    page = html.unescape(staff.client.get(f"/console/customers/{book['dana']}").text)
+    fit = page[page.index("<h2>Plan fit</h2>") : page.index("<h2>Suggestions and answers</h2>")]
+    assert "Would save $20.00/month ($240.00/year) by moving to Basic 5 GB." in fit
+    assert "Plus 20 GB (plus-20) · $" in fit and "Basic 5 GB (basic-5) · $" in fit
+    assert "Reply YES" not in fit and "you used" not in fit.lower()
+    gus = html.unescape(staff.client.get(f"/console/customers/{book['gus']}").text)
+    fit = gus[gus.index("<h2>Plan fit</h2>") : gus.index("<h2>Suggestions and answers</h2>")]
+    assert "Reply" not in fit and "unlimited" in fit.lower()
+
+
+def test_usage_charts_have_human_names(staff: Console, book: dict[str, int]) -> None:
+    page = staff.client.get(f"/console/customers/{book['dana']}").text
+    assert "<h2>Mobile data (GB) per month</h2>" in page
+    assert "<h2>data_gb</h2>" not in page
+
+
+def test_the_conversations_page_has_one_row_per_conversation(console: Console) -> None:
+    ana = say(console.runtime, "+14155550501", "hi", "evenings", "text me", "thanks")
+    ben = say(console.runtime, "+14155550502", "hi")
+    login(console.client, "op@example.com")
+    page = console.client.get("/console/conversations").text
+    with console.db.connect() as conn:
+        rows = {
+            r.customer_id: r
+            for r in conn.execute(
+                select(MESSAGE.c.customer_id, func.count(), func.max(MESSAGE.c.id)).group_by(
+                    MESSAGE.c.customer_id
+                )
+            )
+        }
+        ana_customer = conn.execute(select(MESSAGE.c.customer_id).where(MESSAGE.c.id == ana[0])).scalar_one()
+        ben_customer = conn.execute(select(MESSAGE.c.customer_id).where(MESSAGE.c.id == ben[0])).scalar_one()
+    assert re.findall(r'<tr id="c(\d+)">', page) == [str(ben_customer), str(ana_customer)]  # newest first
+    shown = counts(page, "count")
+    assert shown == {str(ana_customer): rows[ana_customer][1], str(ben_customer): rows[ben_customer][1]}
+    assert shown[str(ana_customer)] > 4  # the bot's replies count too
+    # The text search counts the matching messages of each conversation.
+    found = console.client.get("/console/conversations", params={"q": "even"}).text
+    matching = console.client.get("/console/conversations", params={"q": "even", "view": "messages"}).text
+    assert counts(found, "count") == {str(ana_customer): len(re.findall(r'<tr id="m\d+">', matching))}
+    assert "evenings" in found
+    flat = console.client.get("/console/conversations", params={"view": "messages"}).text
+    assert len(re.findall(r'<tr id="m\d+">', flat)) == sum(r[1] for r in rows.values())
+
+
+def test_a_form_with_a_nul_character_is_a_400_not_a_500(console: Console) -> None:
+    page = console.client.get("/console/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token
+    response = console.client.post(
+        "/console/login",
+        data={"email": "op\x00@example.com", "password": "x" * 12, "csrf_token": token.group(1)},
+    )
+    assert response.status_code == 400 and "NUL character" in response.text
+    customer = say(console.runtime, "+14155550601", "hi")[0]
+    login(console.client, "op@example.com")
+    with console.db.connect() as conn:
+        customer_id = conn.execute(select(MESSAGE.c.customer_id).where(MESSAGE.c.id == customer)).scalar_one()
+    token_ = console.csrf()
+    for path, form in [
+        (f"/console/inbox/{customer_id}/note", {"text": "a\x00b"}),
+        (f"/console/inbox/{customer_id}/reply", {"text": "a\x00b"}),
+        ("/console/admin/users", {"email": "x\x00@y.zz", "role": "operator"}),
+    ]:
+        response = console.client.post(path, data={"csrf_token": token_, **form})
+        assert response.status_code == 400, (path, response.status_code)
