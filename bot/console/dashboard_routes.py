@@ -84,23 +84,23 @@ def dashboard(
     )
 
 
-@router.get("/dashboard/{figure_id}.csv")
+@router.get("/dashboard/{figure}.csv")
 def export(
     ctx: ConsoleDep,
     me: Operator,
-    figure_id: str,
+    figure: str,
     start: date | None = None,
     end: date | None = None,
     days: int | None = None,
 ) -> Response:
     start, end = _range(ctx, start, end, days)
     staff_only = {"funnel", "money", "holdout", "broadcasts", "value", "labels", "moved"}
-    if figure_id in staff_only and not me.can(Role.STAFF):
+    if figure in staff_only and not me.can(Role.STAFF):
         raise HTTPException(403, "this figure is for staff")
-    found = [f for f in _figures(ctx, me, start, end) if f.id == figure_id]
+    found = [f for f in _figures(ctx, me, start, end) if f.id == figure]
     if not found:
         raise HTTPException(404, "no such figure")
-    name = f"{figure_id}-{start.isoformat()}-{end.isoformat()}.csv"
+    name = f"{figure}-{start.isoformat()}-{end.isoformat()}.csv"
     return Response(
         view.to_csv(found[0]),
         media_type="text/csv; charset=utf-8",
