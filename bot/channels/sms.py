@@ -214,14 +214,19 @@ class TwilioSender:
         """Let sends in progress finish; free the sending threads."""
         self._pool.shutdown(wait=True)
 
-    def _create(self, message: Outgoing, body: str) -> str:
-        params: dict[str, str] = {"to": message.address, "body": body}
+    def _addressing(self, to: str) -> dict[str, str]:
+        """Who a message goes to and from, and where its status reports go (SMS and WhatsApp)."""
+        params = {"to": to}
         if self.messaging_service_sid:
             params["messaging_service_sid"] = self.messaging_service_sid
         else:
             params["from_"] = self.from_number or ""
         if self.status_callback:
             params["status_callback"] = self.status_callback
+        return params
+
+    def _create(self, message: Outgoing, body: str) -> str:
+        params = {**self._addressing(message.address), "body": body}
         try:
             created = self.client.messages.create(**params)
         except TwilioRestException as exc:

@@ -255,13 +255,7 @@ class WhatsAppSender(TwilioSender):
         return sid
 
     def _create_params(self, message: Outgoing, content: dict[str, str]) -> str:
-        params: dict[str, Any] = {"to": whatsapp_address(message.address), **content}
-        if self.messaging_service_sid:
-            params["messaging_service_sid"] = self.messaging_service_sid
-        else:
-            params["from_"] = self.from_number or ""
-        if self.status_callback:
-            params["status_callback"] = self.status_callback
+        params: dict[str, Any] = {**self._addressing(whatsapp_address(message.address)), **content}
         try:
             created = self.client.messages.create(**params)
         except TwilioRestException as exc:
