@@ -12,8 +12,9 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, and_, bindparam, func, insert, or_, select, update
 
+from storage import outbox_queries
 from storage.handoff_models import Conversation, ConversationNote, ConversationState
-from storage.models import DeliveryStatus, Direction, Source
+from storage.models import Direction, Source
 from storage.tables import CUSTOMER, MESSAGE, PLAN, PREFERENCE, STATE
 from storage.turns import CONVERSATION_COLUMNS, TurnState, _fixed, _Inserts
 
@@ -352,22 +353,8 @@ def queue_reply(
     intent: str = OPERATOR_INTENT,
 ) -> int:
     """Put a conversational message to the customer (an operator's by default) in the outbox."""
-    return int(
-        conn.execute(
-            insert(MESSAGE)
-            .values(
-                customer_id=customer_id,
-                channel=channel,
-                direction=Direction.OUT,
-                address=address,
-                text=text,
-                intent=intent,
-                status=DeliveryStatus.QUEUED,
-                created_at=now,
-                needs_review=False,
-            )
-            .returning(MESSAGE.c.id)
-        ).scalar_one()
+    return outbox_queries.queue_outbound(
+        conn, customer_id=customer_id, channel=channel, address=address, text=text, intent=intent, now=now
     )
 
 

@@ -392,3 +392,41 @@ def owned_addresses(
         IDENTITY.c.customer_id.in_(list(customer_ids)), IDENTITY.c.address.in_(list(addresses))
     )
     return {(channel, address) for channel, address in conn.execute(query)}
+
+
+def queue_outbound(
+    conn: Connection,
+    *,
+    customer_id: int,
+    channel: str,
+    address: str,
+    text: str,
+    intent: str,
+    now: datetime,
+    marketing: bool = False,
+    question_key: str | None = None,
+    next_attempt_at: datetime | None = None,
+) -> int:
+    """Put one message to a customer in the outbox (to go at ``next_attempt_at``, None: now); its id.
+    The one place a single outbound row is queued (broadcasts insert theirs in batches)."""
+    return int(
+        conn.execute(
+            insert(MESSAGE)
+            .values(
+                customer_id=customer_id,
+                channel=channel,
+                direction=Direction.OUT,
+                address=address,
+                text=text,
+                intent=intent,
+                question_key=question_key,
+                needs_review=False,
+                status=DeliveryStatus.QUEUED,
+                attempts=0,
+                marketing=marketing,
+                next_attempt_at=next_attempt_at,
+                created_at=now,
+            )
+            .returning(MESSAGE.c.id)
+        ).scalar_one()
+    )

@@ -12,8 +12,9 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, u
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from storage import outbox_queries
 from storage.tables import CUSTOMER, MESSAGE, OUTREACH_EVENT, PREFERENCE, STATE
-from storage.types import DeliveryStatus, Direction, PendingKind
+from storage.types import Direction, PendingKind
 
 
 def customer_row(conn: Connection, *, customer_id: int) -> dict[str, Any]:
@@ -156,26 +157,17 @@ def queue_marketing_message(
     now: datetime,
 ) -> int:
     """Queue an outbound marketing message (to go at ``next_attempt_at``, None: now); its id."""
-    return int(
-        conn.execute(
-            insert(MESSAGE)
-            .values(
-                customer_id=customer_id,
-                channel=channel,
-                direction=Direction.OUT,
-                address=address,
-                text=text,
-                intent=intent,
-                question_key=question_key,
-                needs_review=False,
-                status=DeliveryStatus.QUEUED,
-                attempts=0,
-                marketing=True,
-                next_attempt_at=next_attempt_at,
-                created_at=now,
-            )
-            .returning(MESSAGE.c.id)
-        ).scalar_one()
+    return outbox_queries.queue_outbound(
+        conn,
+        customer_id=customer_id,
+        channel=channel,
+        address=address,
+        text=text,
+        intent=intent,
+        now=now,
+        marketing=True,
+        question_key=question_key,
+        next_attempt_at=next_attempt_at,
     )
 
 
